@@ -1,0 +1,162 @@
+"""The Emu3.5 decoder (spec §1): QK-norm before RoPE, GQA, 8192-wide attention against a 5120
+hidden size, SwiGLU, untied head, fp32 logits.
+
+Tokens of any number of sequences travel packed as one flat batch ``[T]`` with their
+positions; an :class:`~services.model.attention.AttentionBackend` decides what each token
+attends to. Linears are tensor-parallel layers (world size 1 unless a group is given).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import AttentionBackend, PackedCausal
+from .config import Emu35Config
+from .ops import apply_rope, rms_norm, rope_tables
+from .parallel import (ColumnParallelLinear, ParallelGroup, ParallelLMHead, ReplicatedParameter,
+                       RowParallelLinear, VocabParallelEmbedding)
+
+
+class RMSNorm(ReplicatedParameter):
+    def __init__(self, size: int, eps: float, dtype=None, device=None):
+        super().__init__(size, dtype=dtype, device=device)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, self.weight, self.eps)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: Emu35Config, layer: int, pg: ParallelGroup, **factory):
+        super().__init__()
+        self.layer = layer
+        self.head_dim = cfg.head_dim
+        self.num_heads = pg.split(cfg.num_attention_heads, "num_attention_heads")
+        self.num_kv_heads = pg.split(cfg.num_key_value_heads, "num_key_value_heads")
+        self.qkv_proj = ColumnParallelLinear(
+            cfg.hidden_size, {"q": cfg.q_size, "k": cfg.kv_size, "v": cfg.kv_size}, pg, **factory)
+        self.o_proj = RowParallelLinear(cfg.q_size, cfg.hidden_size, pg, **factory)
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, **factory)
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, **factory)
+
+    def forward(self, x, cos, sin, attn: AttentionBackend):  # x: [T, hidden]
+        q_size = self.num_heads * self.head_dim
+        kv_size = self.num_kv_heads * self.head_dim
+        q, k, v = self.qkv_proj(x).split((q_size, kv_size, kv_size), dim=-1)
+        # Per-head RMSNorm, then RoPE (spec §1.2 item 2).
+        q = apply_rope(self.q_norm(q.view(-1, self.num_heads, self.head_dim)), cos, sin)
+        k = apply_rope(self.k_norm(k.view(-1, self.num_kv_heads, self.head_dim)), cos, sin)
+        v = v.view(-1, self.num_kv_heads, self.head_dim)
+        o = attn.attend(self.layer, q, k, v)  # [T, Hq, D]
+        return self.o_proj(o.reshape(o.shape[0], q_size))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: Emu35Config, pg: ParallelGroup, **factory):
+        super().__init__()
+        self.gate_up_proj = ColumnParallelLinear(
+            cfg.hidden_size, {"gate": cfg.intermediate_size, "up": cfg.intermediate_size}, pg, **factory)
+        self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, pg, **factory)
+
+    def forward(self, x):
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: Emu35Config, layer: int, pg: ParallelGroup, **factory):
+        super().__init__()
+        self.self_attn = Attention(cfg, layer, pg, **factory)
+        self.mlp = MLP(cfg, pg, **factory)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **factory)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **factory)
+
+    def forward(self, h, cos, sin, attn):
+        h = h + self.self_attn(self.input_layernorm(h), cos, sin, attn)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class Emu35Model(nn.Module):
+    """Embedding, decoder layers and final norm (the checkpoint's ``model.`` prefix)."""
+
+    def __init__(self, cfg: Emu35Config, pg: ParallelGroup, **factory):
+        super().__init__()
+        self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, pg, **factory)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i, pg, **factory)
+                                    for i in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **factory)
+
+
+class Emu35ForCausalLM(nn.Module):
+    """Emu3.5 LLM: ``forward`` returns final hidden states, ``compute_logits`` fp32 logits."""
+
+    def __init__(self, cfg: Emu35Config, pg: ParallelGroup | None = None,
+                 dtype: torch.dtype | None = None, device=None):
+        super().__init__()
+        self.config = cfg
+        self.pg = pg or ParallelGroup()
+        factory = {"dtype": dtype, "device": device}
+        self.model = Emu35Model(cfg, self.pg, **factory)
+        self.lm_head = ParallelLMHead(cfg.vocab_size, cfg.hidden_size, self.pg, **factory)
+        self.register_buffer("rope_cos", torch.empty(0), persistent=False)
+        self.register_buffer("rope_sin", torch.empty(0), persistent=False)
+        if device is None or torch.device(device).type != "meta":
+            self.init_rope()
+
+    def init_rope(self) -> None:
+        """(Re)build the fp32 RoPE tables on the model's device (after loading from meta)."""
+        device = self.lm_head.weight.device
+        self.rope_cos, self.rope_sin = rope_tables(self.config, device=device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                attn: AttentionBackend) -> torch.Tensor:
+        """input_ids, positions: [T] (packed tokens) -> hidden states [T, hidden]."""
+        cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # [T, D] fp32
+        h = self.model.embed_tokens(input_ids)
+        for layer in self.model.layers:
+            h = layer(h, cos, sin, attn)
+        return self.model.norm(h)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden: [N, hidden] -> fp32 logits [N, vocab] (bf16 GEMM, then cast; spec §1.2)."""
+        return self.lm_head(hidden).float()
+
+    @torch.inference_mode()
+    def logits(self, sequences: Sequence[Sequence[int]], last_only: bool = False) -> list[torch.Tensor]:
+        """fp32 logits for a batch of token sequences (positions from 0 in each), packed into
+        one forward. Returns one [len, vocab] tensor per sequence, or [vocab] if last_only;
+        with last_only only the last rows go through the head (the reference computes all)."""
+        seq_lens = [len(s) for s in sequences]
+        self._check_sequences(sequences, seq_lens)
+        ids = torch.tensor([t for s in sequences for t in s], dtype=torch.long, device=self.device)
+        positions = torch.cat([torch.arange(n, device=self.device) for n in seq_lens])
+        hidden = self(ids, positions, PackedCausal(tuple(seq_lens)))
+        if last_only:
+            ends = torch.tensor(seq_lens, device=self.device).cumsum(0) - 1
+            return list(self.compute_logits(hidden[ends]).unbind(0))
+        return list(self.compute_logits(hidden).split(seq_lens))
+
+    def _check_sequences(self, sequences, seq_lens) -> None:
+        if not sequences:
+            raise ValueError("sequences: need at least one sequence")
+        limit = self.config.max_position_embeddings
+        for i, (seq, n) in enumerate(zip(sequences, seq_lens)):
+            if n == 0:
+                raise ValueError(f"sequences[{i}]: empty sequence")
+            if n > limit:
+                raise ValueError(f"sequences[{i}]: length {n} exceeds max_position_embeddings {limit}")
+            bad = [t for t in seq if not 0 <= int(t) < self.config.vocab_size]
+            if bad:
+                raise ValueError(f"sequences[{i}]: token id {bad[0]} outside vocabulary "
+                                 f"[0, {self.config.vocab_size})")
