@@ -106,10 +106,13 @@ class Emu35Config:
     @classmethod
     def from_file(cls, path: str | Path) -> "Emu35Config":
         path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"checkpoint not found: {path} does not exist (expected a "
+                                    "directory with config.json)")
         if path.is_dir():
             path = path / "config.json"
         if not path.is_file():
-            raise FileNotFoundError(f"checkpoint config not found: {path}")
+            raise FileNotFoundError(f"config.json not found in checkpoint directory {path.parent}")
         try:
             raw = json.loads(path.read_text())
         except json.JSONDecodeError as e:
