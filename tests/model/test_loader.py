@@ -154,8 +154,8 @@ def test_tensor_parallel_shards_reassemble():
 
 
 def test_loading_streams_one_shard_at_a_time(tmp_path):
-    """Peak host memory while loading stays near model size + one shard, far below
-    model + whole file set (measured in a fresh process)."""
+    """Host memory while loading exceeds what the loaded model keeps by about one shard, not by
+    the whole file set (measured in a fresh process with Linux's peak-RSS counter reset)."""
     cfg = Emu35Config(vocab_size=4096, hidden_size=512, intermediate_size=2048,
                       num_hidden_layers=8, num_attention_heads=4, num_key_value_heads=2,
                       head_dim=128)
@@ -164,15 +164,16 @@ def test_loading_streams_one_shard_at_a_time(tmp_path):
     write_hf_checkpoint(tmp_path, cfg, state, max_shard_bytes=total // 8)
     del state
     script = textwrap.dedent(f"""
-        import resource, torch
+        import torch
         from services.model.loader import load_model
-        torch.ones(1)
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        def kib(field):
+            line = next(l for l in open("/proc/self/status") if l.startswith(field))
+            return int(line.split()[1])
+        open("/proc/self/clear_refs", "w").write("5")  # reset VmHWM (peak RSS)
         m = load_model({str(tmp_path)!r}, dtype=torch.bfloat16)
-        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        print((after - before) * 1024)
+        print((kib("VmHWM:") - kib("VmRSS:")) * 1024)
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    extra = int(out.stdout.strip())
-    # model (bf16) = total bytes; non-streaming would hold total more on top.
-    assert extra < total + total // 2, f"peak extra {extra / 2**20:.0f} MiB for {total / 2**20:.0f} MiB model"
+    transient = int(out.stdout.strip())
+    # Reading every shard before copying would add the whole checkpoint (total) transiently.
+    assert transient < total // 3, f"transient {transient / 2**20:.1f} MiB, model {total / 2**20:.1f} MiB"
