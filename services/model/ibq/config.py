@@ -92,7 +92,9 @@ class IBQConfig:
             raise IBQConfigError("ddconfig.double_z must be false (quant_conv expects z_channels)")
         dropout_ok = isinstance(self.dropout, (int, float)) and not isinstance(self.dropout, bool)
         if not dropout_ok or not 0.0 <= self.dropout < 1.0:
-            raise IBQConfigError(f"ddconfig.dropout must be a float in [0, 1), got {self.dropout!r}")
+            raise IBQConfigError(
+                f"ddconfig.dropout must be a float in [0, 1), got {self.dropout!r}"
+            )
 
     @property
     def downsample_factor(self) -> int:
@@ -136,7 +138,8 @@ class IBQConfig:
                 raise IBQConfigError(f"ddconfig.{key} must be {default!r}, got {dd[key]!r}")
         kwargs: dict[str, Any] = {}
         for field in dataclasses.fields(cls):
-            section, prefix = (raw, "") if field.name in ("n_embed", "embed_dim") else (dd, "ddconfig.")
+            top_level = field.name in ("n_embed", "embed_dim")
+            section, prefix = (raw, "") if top_level else (dd, "ddconfig.")
             if field.name in section:
                 kwargs[field.name] = section[field.name]
             elif field.name != "dropout":  # the reference Encoder defaults dropout to 0.0

@@ -128,7 +128,7 @@ def _level(blocks: list[ResnetBlock], with_attn: bool) -> nn.Module:
     """One resolution level: ``block.{b}`` and, at attention resolutions, ``attn.{b}``."""
     level = nn.Module()
     level.block = nn.ModuleList(blocks)
-    level.attn = nn.ModuleList(AttnBlock(b.out_channels) for b in blocks) if with_attn else nn.ModuleList()
+    level.attn = nn.ModuleList(AttnBlock(b.out_channels) for b in blocks if with_attn)
     return level
 
 
