@@ -137,3 +137,28 @@ def _target(key: str) -> tuple[str, str]:
             return f"model.layers.{layer}.{module}", shard
         return f"model.layers.{layer}.{suffix.removesuffix('.weight')}", "weight"
     return key.removesuffix(".weight"), "weight"
+
+
+def check_tokenizer(cfg: Emu35Config, tok) -> None:
+    """The tokenizer must describe the same vocabulary as config.json (spec §1.1: vocab_size
+    equals the tokenizer's vocabulary; pad/bos/eos are its <|endoftext|>, BOS and EOS)."""
+    if tok.vocab_size != cfg.vocab_size:
+        raise CheckpointError(f"tokenizer has {tok.vocab_size} ids but config.json vocab_size is "
+                              f"{cfg.vocab_size}")
+    for field, want in (("pad_token_id", tok.special.pad), ("bos_token_id", tok.special.bos),
+                        ("eos_token_id", tok.special.eos)):
+        got = getattr(cfg, field)
+        if got is not None and got != want:
+            raise CheckpointError(f"config.json {field}={got} but the tokenizer's id is {want}")
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
+                    dtype: torch.dtype | None = None, tokenizer_dir: str | Path | None = None,
+                    pg: ParallelGroup | None = None):
+    """Model and text tokenizer of a checkpoint directory, checked against each other.
+    ``tokenizer_dir`` defaults to the checkpoint directory itself."""
+    from .text_tokenizer import TextTokenizer
+
+    tok = TextTokenizer.from_dir(tokenizer_dir or path)
+    check_tokenizer(Emu35Config.from_file(path), tok)
+    return load_model(path, device, dtype, pg), tok

@@ -177,3 +177,18 @@ def test_loading_streams_one_shard_at_a_time(tmp_path):
     transient = int(out.stdout.strip())
     # Reading every shard before copying would add the whole checkpoint (total) transiently.
     assert transient < total // 3, f"transient {transient / 2**20:.1f} MiB, model {total / 2**20:.1f} MiB"
+
+
+def test_checkpoint_and_tokenizer_must_agree(tmp_path):
+    from services.model.loader import load_checkpoint
+    from services.model.tiny import write_tiny_checkpoint
+
+    llm, _ = write_tiny_checkpoint(tmp_path / "t")
+    model, tok = load_checkpoint(llm)
+    assert model.config.vocab_size == tok.vocab_size and model.config.eos_token_id == tok.special.eos
+    _edit_config(llm, eos_token_id=tok.special.bos)
+    with pytest.raises(CheckpointError, match=f"eos_token_id={tok.special.bos} but the tokenizer"):
+        load_checkpoint(llm)
+    _edit_config(llm, eos_token_id=tok.special.eos, vocab_size=tok.vocab_size + 1)
+    with pytest.raises(CheckpointError, match="vocab_size"):
+        load_checkpoint(llm)
