@@ -6,8 +6,6 @@ plain torch, independently of the package's forward code.
 
 from __future__ import annotations
 
-import builtins
-import dataclasses
 import subprocess
 import sys
 import textwrap
@@ -17,24 +15,22 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 from PIL import Image
 
 from services.model.ibq import (
     IBQ,
-    IBQCheckpointError,
     IBQConfig,
-    IBQConfigError,
     VisionTokenizer,
     quantize_argmax,
     smart_resize,
     smart_resize_size,
-    write_tiny_vision_tokenizer,
 )
 from services.model.ibq.modules import AttnBlock
 
+from .ibq_fixtures import N_EMBED, copy_tokenizer, random_image, tiny_dir, tok  # noqa: F401
+
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
-N_EMBED = 512
 
 # The released tokenizer (spec §7.1): 455.3M parameters.
 RELEASED = IBQConfig(
@@ -42,44 +38,6 @@ RELEASED = IBQConfig(
     attn_resolutions=(16,), resolution=256, z_channels=256,
 )
 
-
-# ----------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("tiny_ibq")
-    write_tiny_vision_tokenizer(out, n_embed=N_EMBED, seed=0)
-    return out
-
-
-@pytest.fixture(scope="module")
-def tok(tiny_dir) -> VisionTokenizer:
-    return VisionTokenizer.from_dir(tiny_dir)
-
-
-def random_image(height: int, width: int, seed: int = 0, mode: str = "RGB") -> Image.Image:
-    rng = np.random.default_rng(seed)
-    # Smooth-ish content (a gradient plus noise) so codes are not all noise-driven.
-    yy, xx = np.mgrid[0:height, 0:width]
-    base = np.stack([xx * 255 / max(width - 1, 1), yy * 255 / max(height - 1, 1),
-                     np.full_like(xx, 128)], axis=-1)
-    pixels = np.clip(base + rng.normal(0, 40, base.shape), 0, 255).astype(np.uint8)
-    return Image.fromarray(pixels).convert(mode)
-
-
-def copy_tokenizer(src: Path, dst: Path, state_edit=None, config_edit=None) -> Path:
-    """Copy a tokenizer dir, optionally editing its state dict or config mapping."""
-    dst.mkdir(parents=True, exist_ok=True)
-    cfg = yaml.safe_load((src / "config.yaml").read_text())
-    if config_edit:
-        config_edit(cfg)
-    (dst / "config.yaml").write_text(yaml.safe_dump(cfg))
-    sd = torch.load(src / "model.ckpt", weights_only=True)["state_dict"]
-    if state_edit:
-        state_edit(sd)
-    torch.save({"state_dict": sd}, dst / "model.ckpt")
-    return dst
 
 
 # ------------------------------------------------------------------- architecture/names
@@ -348,108 +306,3 @@ def test_invalid_inputs_are_named(tok):
         tok.decode(torch.zeros(2, 2, dtype=torch.long))
     with pytest.raises(ValueError, match="codes"):
         tok.decode(torch.zeros(1, 2, 2))
-
-
-# ---------------------------------------------------------------- strict, safe loading
-
-
-def test_tiny_writer_is_deterministic_and_released_format(tmp_path, tiny_dir):
-    cfg = write_tiny_vision_tokenizer(tmp_path, n_embed=N_EMBED, seed=0)
-    raw = yaml.safe_load((tmp_path / "config.yaml").read_text())
-    assert raw["ddconfig"]["ch_mult"] == [1, 1, 2, 2, 4] and raw["n_embed"] == N_EMBED
-    assert IBQConfig.from_yaml(tmp_path / "config.yaml") == cfg
-    a = torch.load(tmp_path / "model.ckpt", weights_only=True)["state_dict"]
-    b = torch.load(tiny_dir / "model.ckpt", weights_only=True)["state_dict"]
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def test_unwrapped_state_dict_and_training_keys_load(tmp_path, tiny_dir):
-    out = copy_tokenizer(tiny_dir, tmp_path / "t", config_edit=lambda c: c.update(
-        beta=0.25, use_entropy_loss=True, cosine_similarity=False, entropy_temperature=0.01,
-        sample_minimization_weight=1.0, batch_maximization_weight=1.0))
-    sd = torch.load(out / "model.ckpt", weights_only=True)["state_dict"]
-    torch.save(sd, out / "model.ckpt")
-    assert VisionTokenizer.from_dir(out).n_embed == N_EMBED
-
-
-@pytest.mark.parametrize(
-    "edit, names",
-    [
-        (lambda sd: sd.pop("decoder.up.0.block.1.conv2.weight"),
-         ["missing", "decoder.up.0.block.1.conv2.weight"]),
-        (lambda sd: sd.update({"encoder.extra.weight": torch.zeros(2)}),
-         ["unexpected", "encoder.extra.weight"]),
-        (lambda sd: sd.update({"quant_conv.bias": torch.zeros(7)}),
-         ["shape mismatch", "quant_conv.bias", "(7,)", "(16,)"]),
-        (lambda sd: sd.update({"quant_conv.bias": "zeros"}), ["not tensors", "quant_conv.bias"]),
-    ],
-)
-def test_strict_loading_names_the_bad_keys(tmp_path, tiny_dir, edit, names):
-    out = copy_tokenizer(tiny_dir, tmp_path / "t", state_edit=edit)
-    with pytest.raises(IBQCheckpointError) as info:
-        VisionTokenizer.from_dir(out)
-    assert all(name in str(info.value) for name in names), str(info.value)
-
-
-class _RunsCode:
-    """Unpickling this calls exec() on attacker-chosen source."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (builtins.exec, (f"open({str(self.marker)!r}, 'w').write('pwned')",))
-
-
-def test_checkpoint_with_code_is_refused(tmp_path, tiny_dir):
-    out = copy_tokenizer(tiny_dir, tmp_path / "t")
-    marker = tmp_path / "executed"
-    sd = torch.load(out / "model.ckpt", weights_only=True)["state_dict"]
-    torch.save({"state_dict": sd, "payload": _RunsCode(marker)}, out / "model.ckpt")
-    with pytest.raises(IBQCheckpointError, match="model.ckpt"):
-        VisionTokenizer.from_dir(out)
-    assert not marker.exists()
-
-
-def test_missing_files_are_named(tmp_path, tiny_dir):
-    out = copy_tokenizer(tiny_dir, tmp_path / "t")
-    (out / "model.ckpt").unlink()
-    with pytest.raises(FileNotFoundError, match="model.ckpt"):
-        VisionTokenizer.from_dir(out)
-    (out / "config.yaml").unlink()
-    with pytest.raises(FileNotFoundError, match="config.yaml"):
-        VisionTokenizer.from_dir(out)
-    with pytest.raises(FileNotFoundError, match="nowhere"):
-        VisionTokenizer.from_dir(tmp_path / "nowhere")
-
-
-@pytest.mark.parametrize(
-    "edit, field",
-    [
-        (lambda c: c["ddconfig"].update(ch_mult="1,2"),
-         "ddconfig.ch_mult must be a list of positive ints"),
-        (lambda c: c["ddconfig"].update(ch_mult=[1, 0]), "ddconfig.ch_mult"),
-        (lambda c: c.pop("n_embed"), "n_embed is missing"),
-        (lambda c: c["ddconfig"].pop("z_channels"), "ddconfig.z_channels is missing"),
-        (lambda c: c["ddconfig"].update(ch=48), "ddconfig.ch must be a multiple of 32"),
-        (lambda c: c["ddconfig"].update(num_res_blocks=True), "ddconfig.num_res_blocks"),
-        (lambda c: c["ddconfig"].update(double_z=True), "ddconfig.double_z"),
-        (lambda c: c["ddconfig"].update(resamp_with_conv=False), "ddconfig.resamp_with_conv"),
-        (lambda c: c.update(ddconfig=[1]), "ddconfig must be a mapping"),
-    ],
-)
-def test_bad_config_fields_are_named(tmp_path, tiny_dir, edit, field):
-    out = copy_tokenizer(tiny_dir, tmp_path / "t", config_edit=edit)
-    with pytest.raises(IBQConfigError) as info:
-        VisionTokenizer.from_dir(out)
-    assert str(info.value).startswith("config.yaml: ") and field in str(info.value)
-
-
-def test_config_is_frozen_and_roundtrips(tmp_path):
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(RELEASED.to_yaml_dict()))
-    assert IBQConfig.from_yaml(tmp_path / "config.yaml") == RELEASED
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        RELEASED.ch = 64  # type: ignore[misc]
-    (tmp_path / "config.yaml").write_text("ddconfig: [unclosed")
-    with pytest.raises(IBQConfigError, match="config.yaml"):
-        IBQConfig.from_yaml(tmp_path / "config.yaml")
