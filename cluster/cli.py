@@ -83,24 +83,39 @@ def _cmd_vq_encode(args) -> None:
 
     vq = VisionTokenizer.from_dir(args.vision_tokenizer)
     codes = vq.encode([_open_image(args.image)], area=args.area)[0]
-    text = json.dumps({"h": codes.shape[0], "w": codes.shape[1], "codes": codes.tolist()})
+    out = {"h": codes.shape[0], "w": codes.shape[1], "codes": codes.tolist()}
+    if args.tokenizer:
+        from services.model.image_tokens import image_span_ids
+        from services.model.text_tokenizer import TextTokenizer
+
+        out["span_ids"] = image_span_ids(TextTokenizer.from_dir(args.tokenizer), codes)
+    text = json.dumps(out)
     if args.out:
         Path(args.out).write_text(text + "\n")
     else:
         print(text)
 
 
-def _read_codes(path: str):
+def _read_codes(path: str, tokenizer_dir: str | None):
+    """A code grid from JSON: "codes" ([h][w] ints), or "span_ids" (a BOI..EOI token span as
+    the model writes it, parsed with the text tokenizer)."""
     import torch
 
     try:
         raw = json.loads(Path(path).read_text())
+        if "codes" not in raw and "span_ids" in raw:
+            if not tokenizer_dir:
+                raise UsageError("--tokenizer: needed to parse 'span_ids'")
+            from services.model.image_tokens import parse_image_span
+            from services.model.text_tokenizer import TextTokenizer
+
+            return parse_image_span(TextTokenizer.from_dir(tokenizer_dir), raw["span_ids"])
         codes = torch.tensor(raw["codes"], dtype=torch.long)
     except FileNotFoundError:
         raise UsageError(f"CODES: file not found: {path}") from None
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise UsageError(f"CODES: {path} is not a code-grid JSON with a rectangular 'codes' "
-                         f"list of lists ({e})") from None
+                         f"list of lists or a valid 'span_ids' image span ({e})") from None
     if codes.dim() != 2 or codes.numel() == 0:
         raise UsageError(f"CODES: 'codes' in {path} must be a non-empty [h][w] grid")
     return codes
@@ -110,7 +125,7 @@ def _cmd_vq_decode(args) -> None:
     from services.model.ibq import VisionTokenizer
 
     vq = VisionTokenizer.from_dir(args.vision_tokenizer)
-    image = vq.decode_to_pil(_read_codes(args.codes))
+    image = vq.decode_to_pil(_read_codes(args.codes, args.tokenizer))
     image.save(args.out)
     print(json.dumps({"image": args.out, "width": image.width, "height": image.height}))
 
@@ -144,11 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--vision-tokenizer", required=True)
     enc.add_argument("--area", type=int, help="smart_resize to about this many pixels")
     enc.add_argument("--out", help="write the JSON here instead of stdout")
+    enc.add_argument("--tokenizer", help="text tokenizer dir: also print the image's token span ids")
     enc.set_defaults(func=_cmd_vq_encode)
     dec = vq_sub.add_parser("decode", help="code grid JSON -> PNG")
     dec.add_argument("codes")
     dec.add_argument("--vision-tokenizer", required=True)
     dec.add_argument("--out", required=True, help="output image path (.png)")
+    dec.add_argument("--tokenizer", help="text tokenizer dir, to decode a 'span_ids' JSON")
     dec.set_defaults(func=_cmd_vq_decode)
     return parser
 

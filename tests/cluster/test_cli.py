@@ -64,6 +64,27 @@ def test_vq_roundtrip(tiny, capsys, photo, tmp_path):
     assert Image.open(png).size == (80, 48)
 
 
+def test_vq_token_span_roundtrip(tiny, capsys, photo, tmp_path):
+    """encode --tokenizer prints the BOI..EOI span the model would read or write; decode takes
+    such a span back to the same image as the code grid."""
+    vq, llm = tiny / "vision_tokenizer", tiny / "llm"
+    enc = _run(capsys, "vq", "encode", photo, "--vision-tokenizer", vq, "--area", 64 * 64,
+               "--tokenizer", llm)
+    span_file, codes_file = tmp_path / "span.json", tmp_path / "codes.json"
+    span_file.write_text(json.dumps({"span_ids": enc["span_ids"]}))
+    codes_file.write_text(json.dumps({"codes": enc["codes"]}))
+    assert len(enc["span_ids"]) == 3 * 5 + 2 + 1 + 1 + 4  # h*w, (h-1) EOLs, digits, BOI * IMG EOI
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    _run(capsys, "vq", "decode", span_file, "--vision-tokenizer", vq, "--tokenizer", llm, "--out", a)
+    _run(capsys, "vq", "decode", codes_file, "--vision-tokenizer", vq, "--out", b)
+    assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+    span_file.write_text(json.dumps({"span_ids": enc["span_ids"][:-3]}))  # cut: no EOI
+    with pytest.raises(SystemExit):
+        main(["vq", "decode", str(span_file), "--vision-tokenizer", str(vq), "--tokenizer",
+              str(llm), "--out", str(a)])
+    assert "span_ids" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--task", "painting"], "task"),
     (["--task", "t2i", "--aspect", "5:4"], "5:4"),
