@@ -23,7 +23,7 @@ class UsageError(Exception):
 def _cmd_checkpoint_tiny(args) -> None:
     from services.model.tiny import write_tiny_checkpoint
 
-    llm, vq = write_tiny_checkpoint(args.out_dir, seed=args.seed)
+    llm, vq = write_tiny_checkpoint(args.out_dir, seed=args.seed, tokenizer_dir=args.tokenizer)
     print(json.dumps({"model": str(llm), "vision_tokenizer": str(vq)}))
 
 
@@ -139,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = ckpt_sub.add_parser("tiny", help="write a tiny random checkpoint pair")
     tiny.add_argument("out_dir")
     tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--tokenizer", help="use these tokenizer files (e.g. the real Emu3.5 ones) "
+                                          "instead of a small synthetic vocabulary")
     tiny.set_defaults(func=_cmd_checkpoint_tiny)
 
     prompt = sub.add_parser("prompt", help="print the token prompts for a request")

@@ -8,6 +8,7 @@ whose codebook size equals the vocabulary's number of visual tokens.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -92,9 +93,13 @@ def write_hf_checkpoint(out_dir: Path, cfg: Emu35Config, state: dict[str, torch.
     return names
 
 
-def write_tiny_checkpoint(out_dir: str | Path, seed: int = 0,
-                          spec: TinySpec = TinySpec()) -> tuple[Path, Path]:
-    """Write a tiny LLM and a matching IBQ vision tokenizer; returns (llm_dir, vq_dir)."""
+def write_tiny_checkpoint(out_dir: str | Path, seed: int = 0, spec: TinySpec = TinySpec(),
+                          tokenizer_dir: str | Path | None = None) -> tuple[Path, Path]:
+    """Write a tiny LLM and a matching IBQ vision tokenizer; returns (llm_dir, vq_dir).
+
+    tokenizer_dir: use these tokenizer files (e.g. the real Emu3.5 ones, so every special id is
+    the released one) instead of a synthetic vocabulary; the IBQ codebook then keeps
+    spec.num_visual_tokens entries, a prefix of the vocabulary's visual tokens."""
     from .ibq import write_tiny_vision_tokenizer
     from .synthetic_vocab import write_synthetic_tokenizer
     from .text_tokenizer import TextTokenizer
@@ -102,7 +107,13 @@ def write_tiny_checkpoint(out_dir: str | Path, seed: int = 0,
     out_dir = Path(out_dir)
     llm_dir, vq_dir = out_dir / "llm", out_dir / "vision_tokenizer"
     llm_dir.mkdir(parents=True, exist_ok=True)
-    write_synthetic_tokenizer(llm_dir, spec.num_visual_tokens, num_merges=spec.num_merges)
+    if tokenizer_dir is None:
+        write_synthetic_tokenizer(llm_dir, spec.num_visual_tokens, num_merges=spec.num_merges)
+    else:
+        for name in ("emu3.tiktoken", "emu3_vision_tokens.txt", "tokenizer_config.json"):
+            src = Path(tokenizer_dir) / name
+            if src.is_file() or name != "tokenizer_config.json":
+                shutil.copyfile(src, llm_dir / name)
     cfg = tiny_config(TextTokenizer.from_dir(llm_dir), spec)
     state = random_state_dict(cfg, seed)
     total = sum(t.numel() * t.element_size() for t in state.values())

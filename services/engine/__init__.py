@@ -1,0 +1,1 @@
+"""The generation engine: runs in a plain process, no Ray (DESIGN.md §5)."""
