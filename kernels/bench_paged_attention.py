@@ -1,0 +1,163 @@
+"""Paged-attention micro-benchmark (CUDA): Triton kernel vs the bytes-read roofline.
+
+    PYTHONPATH=. python -m kernels.bench_paged_attention [--quick]
+
+Decode reads each row's K and V once per KV head, so its floor is
+``(K + V + q + out bytes) / copy bandwidth``, the bandwidth measured here with a large
+device-to-device copy (bytes read plus written, DESIGN.md §6). A mixed prefill step is
+compared with ``attention FLOPs / bf16 matmul rate``, measured here too. Prints one table;
+with ``$OUT`` set, also writes the rows as JSON there.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import asdict, dataclass
+
+import torch
+import triton
+
+from .paged_attention import paged_attention_reference, paged_attention_triton
+
+HQ, HKV, D = 64, 8, 128
+
+
+@dataclass
+class Row:
+    workload: str
+    variant: str
+    us: float
+    floor_us: float
+
+    @property
+    def ratio(self) -> float:
+        return self.us / self.floor_us
+
+
+def _median_us(fn, rep_ms=200) -> float:
+    return triton.testing.do_bench(fn, warmup=25, rep=rep_ms, return_mode="median") * 1e3
+
+
+def copy_bandwidth() -> float:
+    """Bytes per second of a 2 GiB device-to-device copy, counting read plus written."""
+    src = torch.randn(1 << 30, device="cuda", dtype=torch.bfloat16)
+    dst = torch.empty_like(src)
+    us = _median_us(lambda: dst.copy_(src))
+    return 2 * src.numel() * src.element_size() / (us * 1e-6)
+
+
+def matmul_rate() -> float:
+    a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    return 2 * 8192 ** 3 / (_median_us(lambda: a @ b) * 1e-6)
+
+
+def paged_inputs(n_q, ctx, block_size, sets=1, seed=0):
+    """``sets`` independent batches (block tables into disjoint blocks of one cache), so that
+    rotating through them defeats L2 for small workloads."""
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    need = [-(-c // block_size) for c in ctx]
+    total = sum(need) * sets
+    shape = (total, block_size, HKV, D)
+    k_cache = torch.randn(shape, device="cuda", dtype=torch.bfloat16, generator=gen)
+    v_cache = torch.randn(shape, device="cuda", dtype=torch.bfloat16, generator=gen)
+    perm = torch.randperm(total, device="cuda", generator=gen).int()
+    cu_q = torch.tensor([0] + n_q, device="cuda").cumsum(0).int()
+    ctx_t = torch.tensor(ctx, device="cuda", dtype=torch.int32)
+    batches, used = [], 0
+    for _ in range(sets):
+        tables = torch.zeros(len(ctx), max(need), device="cuda", dtype=torch.int32)
+        for r, n in enumerate(need):
+            tables[r, :n] = perm[used:used + n]
+            used += n
+        q = torch.randn(sum(n_q), HQ, D, device="cuda", dtype=torch.bfloat16, generator=gen)
+        batches.append((q, k_cache, v_cache, cu_q, ctx_t, tables))
+    return batches
+
+
+def _rotating(fn, batches, **kw):
+    state = {"i": 0}
+
+    def call():
+        state["i"] = (state["i"] + 1) % len(batches)
+        return fn(*batches[state["i"]], **kw)
+    return call
+
+
+def graph_us(batches, **kw) -> float:
+    """Per-call time from replaying a CUDA graph of one call per batch (no launch gaps)."""
+    for b in batches:
+        paged_attention_triton(*b, **kw)  # compile outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for b in batches:
+            paged_attention_triton(*b, **kw)
+    return _median_us(graph.replay) / len(batches)
+
+
+DECODE_VARIANTS = [
+    ("default", {}),
+    ("splits=1", dict(num_splits=1)), ("splits=2", dict(num_splits=2)),
+    ("splits=4", dict(num_splits=4)), ("splits=8", dict(num_splits=8)),
+    ("block_n=32", dict(block_n=32)), ("block_n=128", dict(block_n=128)),
+    ("warps=2", dict(num_warps=2)), ("warps=8", dict(num_warps=8)),
+    ("stages=2", dict(num_stages=2)), ("stages=4", dict(num_stages=4)),
+]
+
+
+def bench_decode(rows, ctx, block_size, bandwidth, quick) -> list[Row]:
+    sets = max(1, (256 << 20) // (rows * ctx * HKV * D * 4))  # >= 256 MiB touched in rotation
+    batches = paged_inputs([1] * rows, [ctx] * rows, block_size, sets=min(sets, 64))
+    kv_bytes = rows * ctx * HKV * D * 2 * 2
+    qo_bytes = 2 * rows * HQ * D * 2
+    floor = (kv_bytes + qo_bytes) / bandwidth * 1e6
+    name = f"decode {rows}x{ctx} bs{block_size}"
+    out = []
+    for variant, kw in DECODE_VARIANTS[:1] if quick else DECODE_VARIANTS:
+        out.append(Row(name, variant, _median_us(_rotating(paged_attention_triton, batches, **kw)),
+                       floor))
+    out.append(Row(name, "default, graph", graph_us(batches[:16]), floor))
+    out.append(Row(name, "reference", _median_us(_rotating(paged_attention_reference, batches),
+                                                  rep_ms=100), floor))
+    return out
+
+
+def bench_mixed(block_size, flops_rate, quick) -> list[Row]:
+    """64 decode rows (ctx 2048) + one 2048-token prefill chunk at ctx 4096."""
+    n_q, ctx = [1] * 64 + [2048], [2048] * 64 + [4096]
+    batches = paged_inputs(n_q, ctx, block_size)
+    visible = 64 * 2048 + sum(4096 - 2048 + i + 1 for i in range(2048))
+    floor = 4 * HQ * D * visible / flops_rate * 1e6
+    name = f"mixed 64x2048+2048@4096 bs{block_size}"
+    variants = [("default", {})] + ([] if quick else [
+        ("warps=4", dict(num_warps=4)), ("stages=2", dict(num_stages=2)),
+        ("block_n=32", dict(block_n=32)), ("block_n=128,st2", dict(block_n=128, num_stages=2))])
+    rows = [Row(name, v, _median_us(_rotating(paged_attention_triton, batches, **kw)), floor)
+            for v, kw in variants]
+    rows.append(Row(name, "reference", _median_us(_rotating(paged_attention_reference, batches),
+                                                  rep_ms=100), floor))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="default variants only")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    bw, rate = copy_bandwidth(), matmul_rate()
+    print(f"{torch.cuda.get_device_name()}: copy {bw / 1e12:.2f} TB/s, "
+          f"bf16 matmul {rate / 1e12:.0f} TFLOP/s, triton {triton.__version__}")
+    rows = (bench_decode(64, 2048, 16, bw, args.quick) + bench_decode(2, 512, 16, bw, args.quick)
+            + bench_decode(64, 2048, 32, bw, True) + bench_mixed(16, rate, args.quick))
+    print(f"{'workload':<32} {'variant':<18} {'us':>9} {'floor us':>9} {'x floor':>8}")
+    for r in rows:
+        print(f"{r.workload:<32} {r.variant:<18} {r.us:9.1f} {r.floor_us:9.1f} {r.ratio:8.2f}")
+    if os.environ.get("OUT"):
+        with open(os.path.join(os.environ["OUT"], "bench_paged_attention.json"), "w") as f:
+            json.dump({"copy_Bps": bw, "matmul_flops": rate,
+                       "rows": [asdict(r) | {"ratio": r.ratio} for r in rows]}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
