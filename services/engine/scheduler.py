@@ -1,0 +1,139 @@
+"""Continuous batching over guidance groups: each step packs one decode token for every
+running stream that has one, continues chunked prefills, and admits waiting groups while the
+token budget, row limit and KV blocks allow. When blocks run out, the newest running group is
+preempted (its blocks freed, recomputed on readmission); a group always moves as a unit.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from .block_pool import BlockPool, OutOfBlocks
+from .sequence import GuidanceGroup, KVBlocks, Role, Sequence, Status
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_num_seqs: int = 64            # rows (streams) computed per step
+    max_batched_tokens: int = 2048    # tokens per step (prefill chunks + decode)
+    max_waiting: int = 256            # bounded queue: beyond it requests are refused
+    block_size: int = 16
+    num_blocks: int = 1024
+
+
+@dataclass
+class Chunk:
+    """Tokens seq.tokens[start:start+length] are computed this step."""
+
+    group: GuidanceGroup
+    seq: Sequence
+    start: int
+    length: int
+    need_logits: bool = False
+
+
+@dataclass
+class StepPlan:
+    chunks: list[Chunk] = field(default_factory=list)
+    sampling: list[GuidanceGroup] = field(default_factory=list)  # groups that sample after
+    preempted: list[GuidanceGroup] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(c.length for c in self.chunks)
+
+
+class QueueFull(RuntimeError):
+    """The waiting queue is at its bound."""
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig):
+        self.config = config
+        self.pool = BlockPool(config.num_blocks, config.block_size)
+        self.kv = KVBlocks(self.pool)
+        self.waiting: deque[GuidanceGroup] = deque()
+        self.running: list[GuidanceGroup] = []
+
+    def add(self, group: GuidanceGroup) -> None:
+        if len(self.waiting) >= self.config.max_waiting:
+            raise QueueFull(f"waiting queue full ({self.config.max_waiting} requests)")
+        self.waiting.append(group)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def free(self, group: GuidanceGroup) -> None:
+        """Release every block of the group now (finish, abort, preemption)."""
+        for seq in group.seqs.values():
+            self.kv.free(seq)
+        if group in self.running:
+            self.running.remove(group)
+        elif group in self.waiting:
+            self.waiting.remove(group)
+
+    def schedule(self, needs_logits) -> StepPlan:
+        """needs_logits(group, role) -> bool: whether a guide stream's logits are used next."""
+        plan = StepPlan()
+        budget = [self.config.max_batched_tokens, self.config.max_num_seqs]
+        for group in list(self.running):
+            if group.status is Status.RUNNING:
+                self._schedule_group(group, plan, budget, needs_logits, admit=False)
+        while self.waiting and budget[0] > 0 and budget[1] >= len(self.waiting[0].seqs):
+            group = self.waiting[0]
+            if not self._can_admit(group):
+                break
+            self.waiting.popleft()
+            group.status = Status.RUNNING
+            self.running.append(group)
+            self._schedule_group(group, plan, budget, needs_logits, admit=True)
+        return plan
+
+    def _can_admit(self, group: GuidanceGroup) -> bool:
+        # Whole prompts must fit with one spare block per stream, so admitted work can always
+        # make progress without immediately preempting others.
+        need = sum(-(-len(s.tokens) // self.pool.block_size) + 1 for s in group.seqs.values())
+        return need <= self.pool.num_free
+
+    def _schedule_group(self, group, plan: StepPlan, budget, needs_logits, admit: bool) -> None:
+        if admit:
+            for seq in group.seqs.values():
+                group.cached_prompt_tokens += self.kv.reuse_prefix(seq)
+        chunks = []
+        for role, seq in group.seqs.items():
+            n = min(seq.pending, budget[0])
+            if n == 0:
+                continue
+            if not self._reserve(seq, n, group, plan):
+                return  # the group itself was preempted
+            budget[0] -= n
+            budget[1] -= 1
+            chunks.append(Chunk(group, seq, seq.num_computed, n))
+        done = all(c.length == c.seq.pending for c in chunks) and all(
+            s.pending == 0 for s in group.seqs.values() if s not in [c.seq for c in chunks])
+        if done and any(c.seq.role is Role.COND for c in chunks):
+            for c in chunks:
+                c.need_logits = c.seq.role is Role.COND or needs_logits(group, c.seq.role)
+            plan.sampling.append(group)
+        plan.chunks.extend(chunks)
+
+    def _reserve(self, seq: Sequence, n: int, group: GuidanceGroup, plan: StepPlan) -> bool:
+        while True:
+            try:
+                self.kv.reserve(seq, n)
+                return True
+            except OutOfBlocks:
+                victim = self.running[-1]
+                self._preempt(victim, plan)
+                if victim is group:
+                    return False
+
+    def _preempt(self, group: GuidanceGroup, plan: StepPlan) -> None:
+        plan.chunks = [c for c in plan.chunks if c.group is not group]
+        if group in plan.sampling:
+            plan.sampling.remove(group)
+        self.free(group)
+        group.status = Status.WAITING
+        group.num_preemptions += 1
+        self.waiting.appendleft(group)
+        plan.preempted.append(group)
