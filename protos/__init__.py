@@ -1,0 +1,1 @@
+"""The protobuf contract. ``python -m protos.generate`` writes the Python modules to clients/."""

@@ -1,0 +1,1 @@
+"""Protobuf <-> domain records: the only package that imports generated protobuf modules."""
