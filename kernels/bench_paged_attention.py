@@ -96,17 +96,20 @@ def graph_us(batches, **kw) -> float:
     return _median_us(graph.replay) / len(batches)
 
 
-DECODE_VARIANTS = [
-    ("default", {}),
-    ("splits=1", dict(num_splits=1)), ("splits=2", dict(num_splits=2)),
-    ("splits=4", dict(num_splits=4)), ("splits=8", dict(num_splits=8)),
-    ("block_n=32", dict(block_n=32)), ("block_n=128", dict(block_n=128)),
-    ("warps=2", dict(num_warps=2)), ("warps=8", dict(num_warps=8)),
-    ("stages=2", dict(num_stages=2)), ("stages=4", dict(num_stages=4)),
-]
+# (label, tuning overrides, through a CUDA graph?) per decode workload; first-call results
+# (H100, 2026-11) are in kernels/NOTES.md.
+DECODE_VARIANTS = {
+    "long": [("default", {}, False), ("splits=2", dict(num_splits=2), False),
+             ("unmasked_bulk", dict(unmasked_bulk=True), False), ("default", {}, True)],
+    "small": [("default", {}, False), ("splits=1", dict(num_splits=1), False),
+              ("default", {}, True), ("splits=1", dict(num_splits=1), True),
+              ("splits=4", dict(num_splits=4), True)],
+    "few": [("default", {}, False), ("splits=1", dict(num_splits=1), False),
+            ("splits=4", dict(num_splits=4), False), ("splits=16", dict(num_splits=16), False)],
+}
 
 
-def bench_decode(rows, ctx, block_size, bandwidth, quick) -> list[Row]:
+def bench_decode(rows, ctx, block_size, bandwidth, variants, reference=True) -> list[Row]:
     sets = max(1, (256 << 20) // (rows * ctx * HKV * D * 4))  # >= 256 MiB touched in rotation
     batches = paged_inputs([1] * rows, [ctx] * rows, block_size, sets=min(sets, 64))
     kv_bytes = rows * ctx * HKV * D * 2 * 2
@@ -114,28 +117,40 @@ def bench_decode(rows, ctx, block_size, bandwidth, quick) -> list[Row]:
     floor = (kv_bytes + qo_bytes) / bandwidth * 1e6
     name = f"decode {rows}x{ctx} bs{block_size}"
     out = []
-    for variant, kw in DECODE_VARIANTS[:1] if quick else DECODE_VARIANTS:
-        out.append(Row(name, variant, _median_us(_rotating(paged_attention_triton, batches, **kw)),
-                       floor))
-    out.append(Row(name, "default, graph", graph_us(batches[:16]), floor))
-    out.append(Row(name, "reference", _median_us(_rotating(paged_attention_reference, batches),
-                                                  rep_ms=100), floor))
+    for variant, kw, graph in variants:
+        us = (graph_us(batches[:16], **kw) if graph
+              else _median_us(_rotating(paged_attention_triton, batches, **kw)))
+        out.append(Row(name, variant + (", graph" if graph else ""), us, floor))
+    if reference:
+        out.append(Row(name, "reference", _median_us(
+            _rotating(paged_attention_reference, batches), rep_ms=100), floor))
     return out
 
 
 def bench_mixed(block_size, flops_rate, quick) -> list[Row]:
-    """64 decode rows (ctx 2048) + one 2048-token prefill chunk at ctx 4096."""
+    """64 decode rows (ctx 2048) + one 2048-token prefill chunk at ctx 4096: one call, and the
+    same rows as two calls (decode rows, then the chunk) as an engine could issue them."""
     n_q, ctx = [1] * 64 + [2048], [2048] * 64 + [4096]
-    batches = paged_inputs(n_q, ctx, block_size)
+    (batch,) = paged_inputs(n_q, ctx, block_size)
+    q, kc, vc, cu_q, ctx_t, tables = batch
+    decode = (q[:64], kc, vc, cu_q[:65], ctx_t[:64], tables[:64])
+    chunk = (q[64:], kc, vc, cu_q[64:] - 64, ctx_t[64:], tables[64:])
     visible = 64 * 2048 + sum(4096 - 2048 + i + 1 for i in range(2048))
     floor = 4 * HQ * D * visible / flops_rate * 1e6
     name = f"mixed 64x2048+2048@4096 bs{block_size}"
     variants = [("default", {})] + ([] if quick else [
-        ("warps=4", dict(num_warps=4)), ("stages=2", dict(num_stages=2)),
-        ("block_n=32", dict(block_n=32)), ("block_n=128,st2", dict(block_n=128, num_stages=2))])
-    rows = [Row(name, v, _median_us(_rotating(paged_attention_triton, batches, **kw)), floor)
+        ("unmasked_bulk=0", dict(unmasked_bulk=False)),
+        ("block_n=128,st2", dict(block_n=128, num_stages=2)),
+        ("block_n=128,st3", dict(block_n=128, num_stages=3)),
+        ("block_n=128,w4", dict(block_n=128, num_warps=4, num_stages=2))])
+    rows = [Row(name, v, _median_us(lambda: paged_attention_triton(*batch, **kw)), floor)
             for v, kw in variants]
-    rows.append(Row(name, "reference", _median_us(_rotating(paged_attention_reference, batches),
+    chunk_floor = 4 * HQ * D * (visible - 64 * 2048) / flops_rate * 1e6
+    rows.append(Row(name, "two calls", _median_us(lambda: (paged_attention_triton(*decode),
+                                                          paged_attention_triton(*chunk))), floor))
+    rows.append(Row("prefill 2048@4096 alone", "default",
+                    _median_us(lambda: paged_attention_triton(*chunk)), chunk_floor))
+    rows.append(Row(name, "reference", _median_us(lambda: paged_attention_reference(*batch),
                                                   rep_ms=100), floor))
     return rows
 
@@ -148,8 +163,12 @@ def main() -> None:
     bw, rate = copy_bandwidth(), matmul_rate()
     print(f"{torch.cuda.get_device_name()}: copy {bw / 1e12:.2f} TB/s, "
           f"bf16 matmul {rate / 1e12:.0f} TFLOP/s, triton {triton.__version__}")
-    rows = (bench_decode(64, 2048, 16, bw, args.quick) + bench_decode(2, 512, 16, bw, args.quick)
-            + bench_decode(64, 2048, 32, bw, True) + bench_mixed(16, rate, args.quick))
+    pick = (lambda v: v[:1]) if args.quick else (lambda v: v)
+    rows = (bench_decode(64, 2048, 16, bw, pick(DECODE_VARIANTS["long"]))
+            + bench_decode(2, 512, 16, bw, pick(DECODE_VARIANTS["small"]))
+            + bench_decode(8, 8192, 16, bw, pick(DECODE_VARIANTS["few"]), reference=False)
+            + bench_decode(64, 2048, 32, bw, DECODE_VARIANTS["long"][:1], reference=False)
+            + bench_mixed(16, rate, args.quick))
     print(f"{'workload':<32} {'variant':<18} {'us':>9} {'floor us':>9} {'x floor':>8}")
     for r in rows:
         print(f"{r.workload:<32} {r.variant:<18} {r.us:9.1f} {r.floor_us:9.1f} {r.ratio:8.2f}")

@@ -40,6 +40,41 @@ def _find_row(cu_q_ptr, tile, num_rows, BLOCK_Q: tl.constexpr):
 
 
 @triton.jit
+def _attend_keys(acc, m_i, l_i, q_tile, q_pos, start, hi, bt_row, k_ptr, v_ptr, kvh, scale_log2,
+                 s_kb, s_ks, s_kh, s_vb, s_vs, s_vh, BLOCK_N: tl.constexpr,
+                 HEAD_DIM: tl.constexpr, KV_BLOCK: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                 MASKED: tl.constexpr):
+    """One online-softmax step over keys [start, start + BLOCK_N), gathered through the
+    block table. MASKED: some keys lie past ``hi`` or past some query's position."""
+    offs_n = start + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    n_ok = offs_n < hi
+    if MASKED:
+        block = tl.load(bt_row + offs_n // KV_BLOCK, mask=n_ok, other=0).to(tl.int64)
+    else:
+        block = tl.load(bt_row + offs_n // KV_BLOCK).to(tl.int64)
+    within = offs_n % KV_BLOCK
+    k_addr = k_ptr + (block * s_kb + within * s_ks + kvh * s_kh)[:, None] + offs_d[None, :]
+    v_addr = v_ptr + (block * s_vb + within * s_vs + kvh * s_vh)[:, None] + offs_d[None, :]
+    if MASKED:
+        k = tl.load(k_addr, mask=n_ok[:, None], other=0.0)
+        v = tl.load(v_addr, mask=n_ok[:, None], other=0.0)
+    else:
+        k = tl.load(k_addr)
+        v = tl.load(v_addr)
+    s = tl.dot(q_tile, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
+    if MASKED:
+        visible = (offs_n[None, :] <= q_pos[:, None]) & n_ok[None, :]
+        s = tl.where(visible, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+    return acc, m_new, l_i
+
+
+@triton.jit
 def _paged_attn_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, part_o_ptr, part_lse_ptr,
     cu_q_ptr, ctx_ptr, bt_ptr,
@@ -47,7 +82,7 @@ def _paged_attn_kernel(
     s_qt, s_qh, s_kb, s_ks, s_kh, s_vb, s_vs, s_vh, s_ot, s_oh, s_bt,
     G: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HEAD_DIM: tl.constexpr, KV_BLOCK: tl.constexpr, NUM_SPLITS: tl.constexpr,
-    ONE_TILE_PER_ROW: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    ONE_TILE_PER_ROW: tl.constexpr, DOT_PRECISION: tl.constexpr, UNMASKED_BULK: tl.constexpr,
 ):
     tile = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -83,24 +118,23 @@ def _paged_attn_kernel(
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     bt_row = bt_ptr + row.to(tl.int64) * s_bt
-    for start in range(lo, hi, BLOCK_N):
-        offs_n = start + tl.arange(0, BLOCK_N)
-        n_ok = offs_n < hi
-        block = tl.load(bt_row + offs_n // KV_BLOCK, mask=n_ok, other=0).to(tl.int64)
-        within = offs_n % KV_BLOCK
-        k = tl.load(k_ptr + (block * s_kb + within * s_ks + kvh * s_kh)[:, None]
-                    + offs_d[None, :], mask=n_ok[:, None], other=0.0)
-        v = tl.load(v_ptr + (block * s_vb + within * s_vs + kvh * s_vh)[:, None]
-                    + offs_d[None, :], mask=n_ok[:, None], other=0.0)
-        s = tl.dot(q_tile, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
-        visible = (offs_n[None, :] <= q_pos[:, None]) & n_ok[None, :]
-        s = tl.where(visible, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-        m_i = m_new
+    bulk_end = lo
+    if UNMASKED_BULK:
+        # Whole key tiles that every query of this tile sees go without masks; the rest (the
+        # causal diagonal and the ragged end) with them. Costs registers (two loop bodies),
+        # so decode, bandwidth-bound, leaves it off by default.
+        full_end = tl.minimum(hi, ctx - n_q + local * BLOCK_Q + 1)
+        bulk_end = lo + tl.maximum(full_end - lo, 0) // BLOCK_N * BLOCK_N
+        for start in range(lo, bulk_end, BLOCK_N):
+            acc, m_i, l_i = _attend_keys(
+                acc, m_i, l_i, q_tile, q_pos, start, hi, bt_row, k_ptr, v_ptr, kvh, scale_log2,
+                s_kb, s_ks, s_kh, s_vb, s_vs, s_vh, BLOCK_N, HEAD_DIM, KV_BLOCK, DOT_PRECISION,
+                MASKED=False)
+    for start in range(bulk_end, hi, BLOCK_N):
+        acc, m_i, l_i = _attend_keys(
+            acc, m_i, l_i, q_tile, q_pos, start, hi, bt_row, k_ptr, v_ptr, kvh, scale_log2,
+            s_kb, s_ks, s_kh, s_vb, s_vs, s_vh, BLOCK_N, HEAD_DIM, KV_BLOCK, DOT_PRECISION,
+            MASKED=True)
 
     l_safe = tl.where(l_i > 0, l_i, 1.0)
     out = acc / l_safe[:, None]
@@ -148,12 +182,14 @@ def _default_splits(programs: int, device: torch.device) -> int:
 
 
 def paged_attention(q, k_cache, v_cache, cu_q, ctx_lens, block_tables, scale=None, *,
-                    block_n=None, num_splits=None, num_warps=None, num_stages=None):
+                    block_n=None, num_splits=None, num_warps=None, num_stages=None,
+                    unmasked_bulk=None):
     """Launch the kernel; same contract as :func:`kernels.paged_attention_reference`.
 
     A decode-only batch (T == R, so every row has one token) gets small query tiles and,
     when its grid would leave multiprocessors idle, split-K; anything else gets 128-wide tiles
-    (BLOCK_M = BLOCK_Q * G) and no split. Overrides are for tuning and tests.
+    (BLOCK_M = BLOCK_Q * G), no split, and mask-free key tiles below the causal diagonal.
+    Overrides are for tuning and tests.
     """
     num_tokens, hq, d = q.shape
     _, block_size, hkv, _ = k_cache.shape
@@ -172,6 +208,7 @@ def paged_attention(q, k_cache, v_cache, cu_q, ctx_lens, block_tables, scale=Non
     block_n = block_n or (64 if d <= 128 else 32)
     num_warps = num_warps or (4 if decode_only else 8)
     num_stages = num_stages or (3 if d <= 128 else 2)
+    unmasked_bulk = (not decode_only) if unmasked_bulk is None else unmasked_bulk
 
     out = torch.empty_like(q)
     if num_splits > 1:
@@ -188,7 +225,8 @@ def paged_attention(q, k_cache, v_cache, cu_q, ctx_lens, block_tables, scale=Non
         out.stride(0), out.stride(1), block_tables.stride(0),
         G=group, BLOCK_Q=block_q, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=d,
         KV_BLOCK=block_size, NUM_SPLITS=num_splits, ONE_TILE_PER_ROW=decode_only,
-        DOT_PRECISION=precision, num_warps=num_warps, num_stages=num_stages)
+        DOT_PRECISION=precision, UNMASKED_BULK=unmasked_bulk, num_warps=num_warps,
+        num_stages=num_stages)
     if num_splits > 1:
         _merge_splits_kernel[(num_tokens, hq)](
             part_o, part_lse, out, num_tokens, hq, out.stride(0), out.stride(1),

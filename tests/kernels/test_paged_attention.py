@@ -75,8 +75,18 @@ def test_triton_mixed_rows_match_reference(hq, hkv, d, block_size):
                        seed=block_size + d)
     ref = paged_attention_reference(*batch.args)
     assert rel_err(paged_attention_triton(*batch.args), ref) < 1e-5
-    # a KV tile smaller than a cache block, and one spanning several blocks
-    assert rel_err(paged_attention_triton(*batch.args, block_n=16), ref) < 1e-5
+    # a KV tile smaller than a cache block, and one spanning several blocks; every key tile
+    # masked (the decode default) as well as mask-free tiles below the diagonal
+    for tuning in (dict(block_n=16), dict(unmasked_bulk=False)):
+        assert rel_err(paged_attention_triton(*batch.args, **tuning), ref) < 1e-5, tuning
+
+
+@needs_triton
+def test_triton_split_k_on_prefill_rows():
+    """Split-K is a decode default, but must hold where early queries see no keys of a split."""
+    batch = make_batch(MIXED_NQ, MIXED_CTX, hq=4, hkv=2, d=32, block_size=16, seed=5)
+    out = paged_attention_triton(*batch.args, num_splits=4, block_n=16)
+    assert rel_err(out, paged_attention_reference(*batch.args)) < 1e-5
 
 
 @needs_triton
@@ -85,8 +95,11 @@ def test_triton_mixed_rows_match_reference(hq, hkv, d, block_size):
 def test_triton_decode_rows_match_reference(hq, hkv, d, num_splits):
     ctx = [1, 16, 17, 45, 130]
     batch = make_batch([1] * len(ctx), ctx, hq=hq, hkv=hkv, d=d, block_size=16, seed=d)
-    out = paged_attention_triton(*batch.args, num_splits=num_splits, block_n=16)
-    assert rel_err(out, paged_attention_reference(*batch.args)) < 1e-5
+    ref = paged_attention_reference(*batch.args)
+    for bulk in (False, True):
+        out = paged_attention_triton(*batch.args, num_splits=num_splits, block_n=16,
+                                     unmasked_bulk=bulk)
+        assert rel_err(out, ref) < 1e-5
 
 
 @needs_triton
@@ -124,9 +137,10 @@ def test_gpu_triton_mixed_batch_bf16(block_size):
     ctx = _decode_ctx(64, block_size) + [2048 + 1003]
     batch = _real_batch([1] * 64 + [2048], ctx, block_size, seed=block_size)
     ref = paged_attention_reference(*batch.args)
-    out = paged_attention_triton(*batch.args)
-    assert rel_err(out, ref) < 1e-2
-    _assert_close_per_token(out, ref, 2e-2)
+    for tuning in ({}, dict(block_n=128, num_stages=2), dict(unmasked_bulk=False)):
+        out = paged_attention_triton(*batch.args, **tuning)
+        assert rel_err(out, ref) < 1e-2, tuning
+        _assert_close_per_token(out, ref, 2e-2)
 
 
 @pytest.mark.gpu
@@ -135,16 +149,18 @@ def test_gpu_triton_mixed_batch_bf16(block_size):
 def test_gpu_triton_decode_bf16(num_splits):
     batch = _real_batch([1] * 64, _decode_ctx(64, 7), 16, seed=7)
     ref = paged_attention_reference(*batch.args)
-    out = paged_attention_triton(*batch.args, num_splits=num_splits)
-    assert rel_err(out, ref) < 1e-2
-    _assert_close_per_token(out, ref, 2e-2)
+    for bulk in (False, True):
+        out = paged_attention_triton(*batch.args, num_splits=num_splits, unmasked_bulk=bulk)
+        assert rel_err(out, ref) < 1e-2
+        _assert_close_per_token(out, ref, 2e-2)
 
 
 @pytest.mark.gpu
 @needs_triton
 def test_gpu_triton_fp32_is_exact_fp32():
     batch = _real_batch([1, 1, 300, 1], [700, 33, 1200, 4096], 32, dtype=torch.float32)
-    assert rel_err(paged_attention_triton(*batch.args), paged_attention_reference(*batch.args)) < 1e-4
+    out = paged_attention_triton(*batch.args)
+    assert rel_err(out, paged_attention_reference(*batch.args)) < 1e-4
 
 
 @pytest.mark.gpu
