@@ -96,8 +96,8 @@ def graph_us(batches, **kw) -> float:
     return _median_us(graph.replay) / len(batches)
 
 
-# (label, tuning overrides, through a CUDA graph?) per decode workload; first-call results
-# (H100, 2026-11) are in kernels/NOTES.md.
+# (label, tuning overrides, through a CUDA graph?) per decode workload; results so far are
+# in kernels/NOTES.md.
 DECODE_VARIANTS = {
     "long": [("default", {}, False), ("splits=2", dict(num_splits=2), False),
              ("unmasked_bulk", dict(unmasked_bulk=True), False), ("default", {}, True)],
@@ -140,7 +140,7 @@ def bench_mixed(block_size, flops_rate, quick) -> list[Row]:
     name = f"mixed 64x2048+2048@4096 bs{block_size}"
     variants = [("default", {})] + ([] if quick else [
         ("unmasked_bulk=0", dict(unmasked_bulk=False)),
-        ("block_n=128,st2", dict(block_n=128, num_stages=2)),
+        ("block_n=64,st3", dict(block_n=64, num_stages=3)),
         ("block_n=128,st3", dict(block_n=128, num_stages=3)),
         ("block_n=128,w4", dict(block_n=128, num_warps=4, num_stages=2))])
     rows = [Row(name, v, _median_us(lambda: paged_attention_triton(*batch, **kw)), floor)
