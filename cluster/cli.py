@@ -3,6 +3,7 @@
 Subcommands:
   checkpoint tiny OUT_DIR   write a tiny random LLM + vision tokenizer in the released formats
   prompt                    print the conditional/unconditional token ids the model will see
+  generate                  run prompts through the engine; write PNGs, Story .pb, manifest
   vq encode / vq decode     image file <-> IBQ code grid (JSON)
 
 Heavy imports happen inside each command so ``emu35 --help`` stays fast. User mistakes
@@ -76,6 +77,12 @@ def _cmd_prompt(args) -> None:
         out["cond_text"] = tok.decode(p.cond)
         out["uncond_text"] = tok.decode(p.uncond)
     print(json.dumps(out))
+
+
+def _cmd_generate(args) -> None:
+    from .generate_cmd import run
+
+    run(args)
 
 
 def _cmd_vq_encode(args) -> None:
@@ -153,6 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     prompt.add_argument("--aspect", help="auto, a preset (1:1, 4:3, 16:9, ...), h*w tokens or HxW px")
     prompt.add_argument("--text", action="store_true", help="also print the decoded prompts")
     prompt.set_defaults(func=_cmd_prompt)
+
+    gen = sub.add_parser("generate", help="generate images/text offline (one batch)")
+    from .generate_cmd import add_arguments
+    add_arguments(gen)
+    gen.set_defaults(func=_cmd_generate)
 
     vq = sub.add_parser("vq", help="vision tokenizer: image <-> code grid")
     vq_sub = vq.add_subparsers(dest="vq_command", required=True)

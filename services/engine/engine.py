@@ -102,6 +102,10 @@ class Engine:
         events, self.pending_events = self.pending_events, []
         plan = self.scheduler.schedule(self._needs_logits)
         if not plan.chunks:
+            if self.scheduler.has_work() and not events and not plan.preempted:
+                # Never spin silently: with nothing schedulable the queue cannot drain.
+                raise RuntimeError("engine made no progress: the waiting request cannot be "
+                                   "admitted with the KV cache available")
             return events
         now = time.monotonic()
         for c in plan.chunks:

@@ -97,6 +97,11 @@ class GenerationRequest:
             raise RequestError(
                 f"max_new_tokens: prompt ({longest} tokens) + max_new_tokens "
                 f"({self.max_new_tokens}) exceeds the model context ({max_context})")
+        grid = self.output_grid
+        if grid is not None and grid.span_length > self.max_new_tokens:
+            raise RequestError(
+                f"output_grid: a {grid.h}*{grid.w} image takes {grid.span_length} tokens, more "
+                f"than max_new_tokens ({self.max_new_tokens})")
         if self.stop is StopRule.EOI and self.task not in (Task.T2I, Task.X2I):
             raise RequestError("stop: 'eoi' is only for t2i and x2i")
         self.text.validate("text")

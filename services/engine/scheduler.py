@@ -96,26 +96,42 @@ class Scheduler:
         return need <= self.pool.num_free
 
     def _schedule_group(self, group, plan: StepPlan, budget, needs_logits, admit: bool) -> None:
+        """Schedule the group's pending tokens. The conditional stream's last token is held
+        back until a step in which every guide stream finishes too, so the group samples with
+        all the logits it needs from one forward."""
         if admit:
             for seq in group.seqs.values():
                 group.cached_prompt_tokens += self.kv.reuse_prefix(seq)
-        chunks = []
+        if budget[1] < sum(1 for s in group.seqs.values() if s.pending):
+            return  # no room for all its rows this step
+        chunks, guides_done = [], True
         for role, seq in group.seqs.items():
-            n = min(seq.pending, budget[0])
-            if n == 0:
+            if role is Role.COND:
                 continue
-            if not self._reserve(seq, n, group, plan):
-                return  # the group itself was preempted
-            budget[0] -= n
-            budget[1] -= 1
-            chunks.append(Chunk(group, seq, seq.num_computed, n))
-        done = all(c.length == c.seq.pending for c in chunks) and all(
-            s.pending == 0 for s in group.seqs.values() if s not in [c.seq for c in chunks])
-        if done and any(c.seq.role is Role.COND for c in chunks):
+            n = min(seq.pending, budget[0])
+            guides_done &= n == seq.pending
+            if n and not self._add_chunk(group, seq, n, chunks, plan, budget):
+                return
+        cond = group.cond
+        n = min(cond.pending, budget[0])
+        if not guides_done:
+            n = min(n, cond.pending - 1)
+        sampling = guides_done and n == cond.pending and n > 0
+        if n > 0 and not self._add_chunk(group, cond, n, chunks, plan, budget):
+            return
+        if sampling:
             for c in chunks:
                 c.need_logits = c.seq.role is Role.COND or needs_logits(group, c.seq.role)
             plan.sampling.append(group)
         plan.chunks.extend(chunks)
+
+    def _add_chunk(self, group, seq, n, chunks, plan, budget) -> bool:
+        if not self._reserve(seq, n, group, plan):
+            return False  # the group itself was preempted
+        budget[0] -= n
+        budget[1] -= 1
+        chunks.append(Chunk(group, seq, seq.num_computed, n))
+        return True
 
     def _reserve(self, seq: Sequence, n: int, group: GuidanceGroup, plan: StepPlan) -> bool:
         while True:

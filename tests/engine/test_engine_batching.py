@@ -173,3 +173,14 @@ def test_bad_requests_and_backpressure(model_tok):
     engine.add_request(default_request("b", "t2i", r.cond_ids, r.uncond_ids, **small))
     with pytest.raises(QueueFull):
         engine.add_request(default_request("c", "t2i", r.cond_ids, r.uncond_ids, **small))
+
+
+def test_tiny_token_budget_chunks_prefill_and_still_matches(model_tok):
+    """Prompts longer than the per-step token budget are prefilled in chunks (the conditional
+    and unconditional streams finishing in different steps) and decode is unchanged."""
+    model, tok = model_tok
+    reqs = requests(tok, 3)
+    roomy, _ = run(make_engine(model_tok), reqs)
+    chunked, _ = run(make_engine(model_tok, max_batched_tokens=7, max_num_seqs=3), reqs)
+    for rid, f in roomy.items():
+        assert chunked[rid].token_ids == f.token_ids
