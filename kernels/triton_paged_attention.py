@@ -211,7 +211,10 @@ def paged_attention(q, k_cache, v_cache, cu_q, ctx_lens, block_tables, scale=Non
         block_n, num_warps = block_n or 64, num_warps or 4
         num_stages = num_stages or (3 if d <= 128 else 2)
     else:
-        block_n, num_warps = block_n or (128 if d <= 128 else 32), num_warps or 8
+        # 128-key tiles need ~160 KB of shared memory at 2 bytes x 128 dims; wider rows
+        # (fp32, or head_dim 256) take 32-key tiles to stay under the 227 KB limit.
+        wide = d * q.element_size() > 256
+        block_n, num_warps = block_n or (32 if wide else 128), num_warps or 8
         num_stages = num_stages or 2
     unmasked_bulk = (not decode_only) if unmasked_bulk is None else unmasked_bulk
 
