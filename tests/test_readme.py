@@ -27,6 +27,6 @@ def test_python_example_runs(tmp_path):
     from services.model.tiny import write_tiny_checkpoint
 
     write_tiny_checkpoint(tmp_path / "tiny")
-    (example,) = _blocks("python")
+    example = "\n".join(_blocks("python"))  # the blocks build on each other, in order
     example += "\nassert len(logits) == 2 and logits[0].dim() == 1\nassert pixels.dtype == torch.uint8\n"
     subprocess.run([sys.executable, "-c", example], cwd=tmp_path, check=True)
