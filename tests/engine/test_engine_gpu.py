@@ -10,7 +10,6 @@ import services.engine.engine as engine_mod
 from services.engine.engine import Engine, EngineConfig
 from services.engine.request import SamplingParams, default_request
 from services.engine.scheduler import SchedulerConfig
-from services.model.config import Emu35Config
 from services.model.loader import load_checkpoint
 from services.model.prompting import prepare_prompt
 from services.model.synthetic_vocab import write_synthetic_tokenizer

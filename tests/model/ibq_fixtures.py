@@ -4,26 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 import yaml
 from PIL import Image
 
-from services.model.ibq import VisionTokenizer, write_tiny_vision_tokenizer
 
 N_EMBED = 512
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("tiny_ibq")
-    write_tiny_vision_tokenizer(out, n_embed=N_EMBED, seed=0)
-    return out
-
-
-@pytest.fixture(scope="module")
-def tok(tiny_dir) -> VisionTokenizer:
-    return VisionTokenizer.from_dir(tiny_dir)
-
 
 def random_image(height: int, width: int, seed: int = 0, mode: str = "RGB") -> Image.Image:
     rng = np.random.default_rng(seed)

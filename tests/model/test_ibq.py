@@ -27,7 +27,7 @@ from services.model.ibq import (
 )
 from services.model.ibq.modules import AttnBlock
 
-from .ibq_fixtures import N_EMBED, copy_tokenizer, random_image, tiny_dir, tok  # noqa: F401
+from .ibq_fixtures import N_EMBED, copy_tokenizer, random_image  # noqa: F401
 
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
