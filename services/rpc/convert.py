@@ -1,0 +1,113 @@
+"""Protobuf <-> domain records: the only module that knows both (STYLE.md practice 2)."""
+from __future__ import annotations
+
+import torch
+
+from emu35_proto.v1 import api_pb2, common_pb2, stages_pb2
+from services.engine.events import (Finished, ImageComplete, ImageProgress, ImageStarted,
+                                    TextDelta, Usage)
+from services.engine.request import (GenerationRequest, Guidance, GuidanceMode,
+                                     SamplingParams, StopRule)
+from services.model.image_tokens import ImageGrid
+from services.model.templates import Task
+
+TASKS = {common_pb2.T2I: Task.T2I, common_pb2.X2I: Task.X2I, common_pb2.HOWTO: Task.HOWTO,
+         common_pb2.STORY: Task.STORY, common_pb2.EXPLORE: Task.EXPLORE, common_pb2.VLA: Task.VLA}
+TASK_PB = {v: k for k, v in TASKS.items()}
+MODES = {common_pb2.GUIDANCE_MODE_UNSPECIFIED: GuidanceMode.NO_TEXT,
+         common_pb2.NO_TEXT: GuidanceMode.NO_TEXT,
+         common_pb2.NO_TEXT_IMG_CFG: GuidanceMode.NO_TEXT_IMG_CFG,
+         common_pb2.NONE: GuidanceMode.NONE}
+MODE_PB = {GuidanceMode.NO_TEXT: common_pb2.NO_TEXT,
+           GuidanceMode.NO_TEXT_IMG_CFG: common_pb2.NO_TEXT_IMG_CFG,
+           GuidanceMode.NONE: common_pb2.NONE}
+REASONS = {"stop": common_pb2.STOP, "length": common_pb2.LENGTH,
+           "aborted": common_pb2.ABORTED, "error": common_pb2.ERROR}
+REASON_NAMES = {v: k for k, v in REASONS.items()}
+
+
+# ------------------------------------------------------------------ small types
+def sampling_to_pb(p: SamplingParams) -> common_pb2.SamplingParams:
+    return common_pb2.SamplingParams(top_k=p.top_k, top_p=p.top_p, temperature=p.temperature)
+
+
+def sampling_from_pb(pb: common_pb2.SamplingParams, default: SamplingParams) -> SamplingParams:
+    """Fields the caller left unset take the default's values."""
+    return SamplingParams(
+        top_k=pb.top_k if pb.HasField("top_k") else default.top_k,
+        top_p=pb.top_p if pb.HasField("top_p") else default.top_p,
+        temperature=pb.temperature if pb.HasField("temperature") else default.temperature)
+
+
+def codes_to_pb(codes: torch.Tensor) -> common_pb2.CodeGrid:
+    h, w = codes.shape
+    return common_pb2.CodeGrid(h=h, w=w, codes=codes.flatten().tolist())
+
+
+def codes_from_pb(pb: common_pb2.CodeGrid) -> torch.Tensor:
+    if pb.h <= 0 or pb.w <= 0 or len(pb.codes) != pb.h * pb.w:
+        raise ValueError(f"grid: {len(pb.codes)} codes do not fill {pb.h}x{pb.w}")
+    return torch.tensor(list(pb.codes), dtype=torch.long).view(pb.h, pb.w)
+
+
+def usage_to_pb(u: Usage) -> common_pb2.Usage:
+    return common_pb2.Usage(
+        prompt_tokens=u.prompt_tokens, uncond_prompt_tokens=u.uncond_prompt_tokens,
+        cached_prompt_tokens=u.cached_prompt_tokens, generated_tokens=u.generated_tokens,
+        images=u.images, queue_seconds=u.queue_s, first_token_seconds=u.first_token_s or 0.0,
+        total_seconds=u.total_s)
+
+
+def result_ref_to_pb(ref) -> common_pb2.ResultRef:
+    return common_pb2.ResultRef(uri=ref.uri, presigned_url=ref.presigned_url, sha256=ref.sha256,
+                                bytes=ref.bytes, width=ref.width, height=ref.height,
+                                content_type=ref.content_type)
+
+
+# ------------------------------------------------------ generator stage request
+def generator_request_to_pb(r: GenerationRequest) -> stages_pb2.GeneratorRequest:
+    pb = stages_pb2.GeneratorRequest(
+        request_id=r.request_id, task=TASK_PB[r.task], cond_ids=r.cond_ids,
+        uncond_ids=r.uncond_ids, full_uncond_ids=r.full_uncond_ids,
+        text_sampling=sampling_to_pb(r.text), image_sampling=sampling_to_pb(r.image),
+        guidance=common_pb2.Guidance(mode=MODE_PB[r.guidance.mode], scale=r.guidance.scale,
+                                     image_scale=r.guidance.image_scale),
+        max_new_tokens=r.max_new_tokens, stop_at_image_end=r.stop is StopRule.EOI, seed=r.seed)
+    if r.output_grid is not None:
+        pb.output_grid.CopyFrom(common_pb2.ImageGrid(h=r.output_grid.h, w=r.output_grid.w))
+    return pb
+
+
+def generator_request_from_pb(pb: stages_pb2.GeneratorRequest) -> GenerationRequest:
+    if pb.task not in TASKS:
+        raise ValueError(f"task: unknown task {pb.task}")
+    g = pb.guidance
+    return GenerationRequest(
+        request_id=pb.request_id, task=TASKS[pb.task], cond_ids=tuple(pb.cond_ids),
+        uncond_ids=tuple(pb.uncond_ids), full_uncond_ids=tuple(pb.full_uncond_ids),
+        text=sampling_from_pb(pb.text_sampling, SamplingParams()),
+        image=sampling_from_pb(pb.image_sampling, SamplingParams()),
+        guidance=Guidance(MODES[g.mode], g.scale if g.HasField("scale") else 1.0,
+                          g.image_scale if g.HasField("image_scale") else 1.0),
+        output_grid=ImageGrid(pb.output_grid.h, pb.output_grid.w) if pb.HasField("output_grid") else None,
+        max_new_tokens=pb.max_new_tokens, stop=StopRule.EOI if pb.stop_at_image_end else StopRule.EOS,
+        seed=pb.seed)
+
+
+# ------------------------------------------------------- generator stage events
+def generator_event_to_pb(e) -> stages_pb2.GeneratorEvent:
+    if isinstance(e, TextDelta):
+        return stages_pb2.GeneratorEvent(text=api_pb2.TextDelta(text=e.text, channel=e.channel))
+    if isinstance(e, ImageStarted):
+        return stages_pb2.GeneratorEvent(image_started=api_pb2.ImageStarted(
+            index=e.index, grid=common_pb2.ImageGrid(h=e.h, w=e.w)))
+    if isinstance(e, ImageProgress):
+        return stages_pb2.GeneratorEvent(image_progress=api_pb2.ImageProgress(
+            index=e.index, rows_done=e.rows_done, rows_total=e.rows_total))
+    if isinstance(e, ImageComplete):
+        return stages_pb2.GeneratorEvent(image_tokens=codes_to_pb(e.codes), image_index=e.index)
+    if isinstance(e, Finished):
+        return stages_pb2.GeneratorEvent(finished=stages_pb2.GeneratorFinished(
+            reason=REASONS[e.reason], usage=usage_to_pb(e.usage), token_ids=e.token_ids,
+            incomplete_image=e.incomplete_image))
+    raise TypeError(f"not an engine event: {e!r}")
