@@ -85,6 +85,12 @@ def _cmd_generate(args) -> None:
     run(args)
 
 
+def _cmd_serve(args) -> None:
+    from .serve_cmd import run
+
+    run(args)
+
+
 def _cmd_vq_encode(args) -> None:
     from services.model.ibq import VisionTokenizer
 
@@ -165,6 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .generate_cmd import add_arguments
     add_arguments(gen)
     gen.set_defaults(func=_cmd_generate)
+
+    srv = sub.add_parser("serve", help="run the serving cluster locally (Ray Serve, gRPC)")
+    from .serve_cmd import add_arguments as add_serve_arguments
+    add_serve_arguments(srv)
+    srv.set_defaults(func=_cmd_serve)
 
     vq = sub.add_parser("vq", help="vision tokenizer: image <-> code grid")
     vq_sub = vq.add_subparsers(dest="vq_command", required=True)

@@ -1,0 +1,154 @@
+"""Ray Serve deployments: thin shims that load their part of the model, expose one gRPC
+service each (methods named as the .proto RPCs) and map errors to status codes.
+
+Each stage is its own Serve application; the gateway reaches the others through Serve's gRPC
+proxy (``StageChannel``), selecting the application with the ``application`` metadata key.
+"""
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+
+import grpc
+from ray import serve
+
+from emu35_proto.v1 import api_pb2, stages_pb2, stages_pb2_grpc
+from services.rpc.convert import codes_from_pb, codes_to_pb, generator_event_to_pb, generator_request_from_pb
+from services.rpc.errors import apply_status
+from services.rpc.gateway import Gateway, StageClients
+from services.rpc.validation import Limits, decode_image
+
+from .settings import StageSettings
+
+log = logging.getLogger(__name__)
+
+
+@serve.deployment
+class EncoderStage:
+    def __init__(self, settings: StageSettings):
+        from services.model.ibq import VisionTokenizer
+        self.vq = VisionTokenizer.from_dir(settings.vision_tokenizer, device=settings.device)
+
+    async def Encode(self, request: stages_pb2.EncodeRequest, grpc_context=None):
+        try:
+            images = [decode_image(b) for b in request.images]
+            grids = await asyncio.to_thread(self.vq.encode, images, request.area or None)
+            return stages_pb2.EncodeResponse(grids=[codes_to_pb(g) for g in grids])
+        except Exception as e:
+            apply_status(grpc_context, e)
+            return stages_pb2.EncodeResponse()
+
+
+@serve.deployment
+class DecoderStage:
+    def __init__(self, settings: StageSettings):
+        from services.model.ibq import VisionTokenizer
+        from services.storage import make_store
+        self.vq = VisionTokenizer.from_dir(settings.vision_tokenizer, device=settings.device)
+        self.store = make_store(settings.storage)
+
+    async def Decode(self, request: stages_pb2.DecodeRequest, grpc_context=None):
+        from services.rpc.convert import result_ref_to_pb
+        try:
+            codes = codes_from_pb(request.grid)
+            image = await asyncio.to_thread(self.vq.decode_to_pil, codes)
+            buf = io.BytesIO()
+            image.save(buf, format="PNG")
+            key = self.store.request_layout(request.request_id, request.tenant or "default").image(request.index)
+            ref = self.store.put(key, buf.getvalue(), "image/png", image.width, image.height)
+            return stages_pb2.DecodeResponse(image=result_ref_to_pb(ref))
+        except Exception as e:
+            apply_status(grpc_context, e)
+            return stages_pb2.DecodeResponse()
+
+
+@serve.deployment
+class GeneratorStage:
+    def __init__(self, settings: StageSettings):
+        from services.engine.async_engine import AsyncEngine
+        from services.engine.engine import Engine, EngineConfig
+        from services.engine.scheduler import SchedulerConfig
+        from services.model.loader import load_checkpoint
+        model, tok = load_checkpoint(settings.model, device=settings.device,
+                                     tokenizer_dir=settings.tokenizer)
+        sched = SchedulerConfig(num_blocks=settings.kv_blocks, max_waiting=settings.max_waiting)
+        self.engine = AsyncEngine(Engine(model, tok, EngineConfig(sched)))
+
+    async def Generate(self, request: stages_pb2.GeneratorRequest, grpc_context=None):
+        try:
+            req = generator_request_from_pb(request)
+            async for event in self.engine.generate(req):
+                yield generator_event_to_pb(event)
+        except Exception as e:
+            apply_status(grpc_context, e)
+
+
+class StageChannel(StageClients):
+    """Stage calls over gRPC through Serve's proxy (application chosen by metadata)."""
+
+    def __init__(self, target: str, apps: dict[str, str]):
+        self.channel = grpc.aio.insecure_channel(target)
+        self.apps = apps
+        self.encoder = stages_pb2_grpc.VisionEncoderStub(self.channel)
+        self.generator = stages_pb2_grpc.GeneratorStub(self.channel)
+        self.decoder = stages_pb2_grpc.ImageDecoderStub(self.channel)
+
+    def _md(self, app: str, metadata) -> tuple:
+        return (("application", self.apps[app]),) + tuple(metadata)
+
+    async def encode(self, req, metadata):
+        return await self.encoder.Encode(req, metadata=self._md("encoder", metadata))
+
+    async def generate(self, req, metadata):
+        call = self.generator.Generate(req, metadata=self._md("generator", metadata))
+        try:
+            async for ev in call:
+                yield ev
+        finally:
+            call.cancel()  # the client went away: the generator aborts and frees KV
+
+    async def decode(self, req, metadata):
+        return await self.decoder.Decode(req, metadata=self._md("decoder", metadata))
+
+
+@serve.deployment
+class GatewayStage:
+    def __init__(self, settings: StageSettings):
+        from services.model.config import Emu35Config
+        from services.model.text_tokenizer import TextTokenizer
+        from services.storage import make_store
+        self.settings = settings
+        tok = TextTokenizer.from_dir(settings.tokenizer or settings.model)
+        self.gateway = Gateway(tok, StageChannel(settings.proxy_target, settings.app_names),
+                               make_store(settings.storage), Limits(),
+                               Emu35Config.from_file(settings.model).max_position_embeddings)
+
+    async def Generate(self, request: api_pb2.GenerateRequest, grpc_context=None):
+        try:
+            async for event in self.gateway.generate(request, _trace_metadata(grpc_context)):
+                yield event
+        except Exception as e:
+            apply_status(grpc_context, e)
+
+    async def Health(self, request: api_pb2.HealthRequest, grpc_context=None):
+        return api_pb2.HealthResponse(ready=True, stages={n: True for n in self.settings.app_names})
+
+    async def Info(self, request: api_pb2.InfoRequest, grpc_context=None):
+        lim = self.gateway.limits
+        return api_pb2.InfoResponse(version="0.1.0", tasks=["t2i", "x2i", "howto", "story", "explore", "vla"],
+                                    max_prompt_chars=lim.max_prompt_chars, max_images=lim.max_images,
+                                    max_image_bytes=lim.max_image_bytes,
+                                    context_length=self.gateway.context_length)
+
+    async def ListModels(self, request: api_pb2.ListModelsRequest, grpc_context=None):
+        return api_pb2.ListModelsResponse(models=[api_pb2.ModelInfo(
+            name="emu3.5", checkpoint=str(self.settings.model), vocab_size=self.gateway.tok.vocab_size)])
+
+
+def _trace_metadata(grpc_context) -> tuple:
+    """Forward the caller's W3C trace context to the stages."""
+    if grpc_context is None:
+        return ()
+    md = dict(getattr(grpc_context, "invocation_metadata", lambda: ())() or ())
+    return tuple((k, md[k]) for k in ("traceparent", "tracestate") if k in md)
