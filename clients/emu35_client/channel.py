@@ -1,0 +1,68 @@
+"""What the sync and async clients share: channel credentials, per-call metadata, deadlines."""
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from .errors import InvalidArgument
+
+Credentials = bool | grpc.ChannelCredentials
+
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}(-[\x21-\x7e]*)?")
+_API_KEY = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces: a valid metadata value
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Where and how to call: target, TLS, API key, default deadline, channel options."""
+
+    target: str
+    api_key: str | None = None
+    tls: Credentials = False
+    default_timeout: float | None = None
+    options: Sequence[tuple[str, Any]] = ()
+
+    def __post_init__(self):
+        if not isinstance(self.target, str) or not self.target:
+            raise InvalidArgument(f"target: expected 'host:port', got {self.target!r}")
+        if self.api_key is not None and not (isinstance(self.api_key, str)
+                                             and _API_KEY.fullmatch(self.api_key)):
+            raise InvalidArgument("api_key: must be printable ASCII without spaces")
+        if not isinstance(self.tls, (bool, grpc.ChannelCredentials)):
+            raise InvalidArgument(f"tls: expected a bool or grpc.ChannelCredentials, "
+                                  f"got {type(self.tls).__name__}")
+        check_timeout(self.default_timeout, "default_timeout")
+
+    def open_channel(self, api=grpc):
+        """A channel from ``api``: ``grpc`` (sync) or ``grpc.aio``."""
+        creds = grpc.ssl_channel_credentials() if self.tls is True else self.tls
+        if creds:
+            return api.secure_channel(self.target, creds, options=self.options)
+        return api.insecure_channel(self.target, options=self.options)
+
+    def metadata(self, traceparent: str | None) -> tuple[tuple[str, str], ...]:
+        """``authorization: Bearer <key>`` and the caller's W3C ``traceparent``, when given."""
+        md = []
+        if self.api_key is not None:
+            md.append(("authorization", f"Bearer {self.api_key}"))
+        if traceparent is not None:
+            if not isinstance(traceparent, str) or not _TRACEPARENT.fullmatch(traceparent):
+                raise InvalidArgument(f"traceparent: {traceparent!r} is not a W3C traceparent "
+                                      "('00-<32 hex>-<16 hex>-<2 hex>')")
+            md.append(("traceparent", traceparent))
+        return tuple(md)
+
+    def timeout(self, timeout: float | None) -> float | None:
+        """The call's deadline in seconds: its own ``timeout``, else ``default_timeout``."""
+        check_timeout(timeout, "timeout")
+        return self.default_timeout if timeout is None else timeout
+
+
+def check_timeout(value: float | None, name: str) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                              or not value > 0):
+        raise InvalidArgument(f"{name}: expected seconds > 0 or None, got {value!r}")

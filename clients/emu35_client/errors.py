@@ -1,0 +1,99 @@
+"""Typed exceptions: one class per gRPC status code a caller is expected to handle.
+
+Every error the client raises is an ``Emu35Error`` with ``.code`` (a ``grpc.StatusCode``) and
+``.details`` (the server's message, naming the field at fault); ``str(e)`` is
+``"CODE: details"``. Bad arguments caught before any RPC raise ``InvalidArgument`` too.
+"""
+from __future__ import annotations
+
+import grpc
+
+
+class Emu35Error(Exception):
+    """Base class; also raised as is for status codes without a class of their own."""
+
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+
+    def __init__(self, details: str, code: grpc.StatusCode | None = None):
+        super().__init__(details)
+        self.details = details
+        if code is not None:
+            self.code = code
+
+    def __str__(self) -> str:
+        return f"{self.code.name}: {self.details}"
+
+
+class InvalidArgument(Emu35Error, ValueError):
+    """A request field is invalid (also raised locally, before the RPC)."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class ResourceExhausted(Emu35Error):
+    """The server's queue is full or a limit was hit; retry later with backoff."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unauthenticated(Emu35Error):
+    """No API key, or an unknown one."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(Emu35Error):
+    """The key may not do this (e.g. read another tenant's result)."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class NotFound(Emu35Error):
+    """A named model, job or object does not exist."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class Unavailable(Emu35Error):
+    """The server (or a stage behind it) cannot be reached; usually transient."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class DeadlineExceeded(Emu35Error):
+    """The call's deadline (``timeout``) passed before it finished."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Cancelled(Emu35Error):
+    """The call was cancelled by the server side (a cancel by this caller ends quietly)."""
+
+    code = grpc.StatusCode.CANCELLED
+
+
+class Internal(Emu35Error):
+    """A server bug; the details say where."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
+class IntegrityError(Emu35Error):
+    """A downloaded object's bytes do not match its ResultRef's sha256 or size."""
+
+    code = grpc.StatusCode.DATA_LOSS
+
+
+_BY_CODE: dict[grpc.StatusCode, type[Emu35Error]] = {
+    cls.code: cls for cls in (InvalidArgument, ResourceExhausted, Unauthenticated,
+                              PermissionDenied, NotFound, Unavailable, DeadlineExceeded,
+                              Cancelled, Internal)
+}
+
+
+def error_from_rpc(error: grpc.RpcError) -> Emu35Error:
+    """The typed exception for a failed call (``grpc.RpcError``, sync or aio)."""
+    code = error.code() if callable(getattr(error, "code", None)) else None
+    code = code or grpc.StatusCode.UNKNOWN
+    details = (error.details() if callable(getattr(error, "details", None)) else None) or code.name
+    return _BY_CODE.get(code, Emu35Error)(details, code)
