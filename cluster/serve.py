@@ -80,7 +80,9 @@ def start(cfg: ServeConfig) -> None:
     # Downstream stages first, so the gateway finds them ready.
     for name in ("encoder", "decoder", "generator", "gateway"):
         app_name = APP_NAMES[name]
-        serve.run(apps[app_name], name=app_name, route_prefix=None, blocking=False)
+        # A route prefix makes the application reachable through the proxies (gRPC selects it
+        # by the "application" metadata key).
+        serve.run(apps[app_name], name=app_name, route_prefix=f"/{app_name}", blocking=False)
     log.info("emu35 serving on %s:%d (gRPC)", cfg.host, cfg.grpc_port)
 
 

@@ -65,7 +65,7 @@ class Gateway:
                 ref = await self._decode(rid, ev.image_index, ev.image_tokens, metadata)
                 refs[ev.image_index] = ref
                 yield api_pb2.GenerateEvent(request_id=rid, image_ready=api_pb2.ImageReady(
-                    index=ev.image_index, image=result_ref_to_pb(ref)))
+                    index=ev.image_index, image=ref.pb))
             elif which == "finished":
                 yield await self._finish(rid, checked, request, ev.finished, refs, start)
             else:
@@ -120,17 +120,18 @@ class Gateway:
         items, k = [], 0
         for e in entries:
             if isinstance(e, ImageEntry):
-                items.append(PngImage(self.store.get(self.store.key_of(refs[k].uri))))
+                items.append(PngImage(self.store.get(self.store.key_for_uri(refs[k].uri))))
                 k += 1
             elif not isinstance(e, (BrokenImage, IncompleteImage)):
                 items.append(e)
         refs_pb = [PngImage(png_of(decode_image(d))) for d in checked.images]
         story = build_story(checked.prompt, refs_pb, items).SerializeToString()
-        story_ref = self.store.put_story(rid, story, tenant=self.tenant)
+        layout = self.store.request_layout(rid, self.tenant)
+        story_ref = self.store.put(layout.story, story, "application/x-protobuf")
         manifest = {"request_id": rid, "task": request.task.value, "prompt": checked.prompt,
                     "seed": request.seed, "finish_reason": REASON_NAMES.get(fin.reason, "error"),
-                    "images": [vars(refs[i].ref) for i in sorted(refs)],
-                    "story": vars(story_ref), "incomplete_image": fin.incomplete_image,
+                    "images": [refs[i].ref for i in sorted(refs)],
+                    "story": story_ref, "incomplete_image": fin.incomplete_image,
                     "generated_tokens": fin.usage.generated_tokens, "seconds": time.time() - start}
         manifest_ref = self.store.write_manifest(rid, manifest, tenant=self.tenant)
         return api_pb2.GenerateEvent(request_id=rid, finished=api_pb2.Finished(

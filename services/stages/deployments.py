@@ -36,8 +36,7 @@ class EncoderStage:
             grids = await asyncio.to_thread(self.vq.encode, images, request.area or None)
             return stages_pb2.EncodeResponse(grids=[codes_to_pb(g) for g in grids])
         except Exception as e:
-            apply_status(grpc_context, e)
-            return stages_pb2.EncodeResponse()
+            raise_status(grpc_context, e)
 
 
 @serve.deployment
@@ -59,8 +58,7 @@ class DecoderStage:
             ref = self.store.put(key, buf.getvalue(), "image/png", image.width, image.height)
             return stages_pb2.DecodeResponse(image=result_ref_to_pb(ref))
         except Exception as e:
-            apply_status(grpc_context, e)
-            return stages_pb2.DecodeResponse()
+            raise_status(grpc_context, e)
 
 
 @serve.deployment
@@ -81,7 +79,7 @@ class GeneratorStage:
             async for event in self.engine.generate(req):
                 yield generator_event_to_pb(event)
         except Exception as e:
-            apply_status(grpc_context, e)
+            raise_status(grpc_context, e)
 
 
 class StageChannel(StageClients):
@@ -129,7 +127,7 @@ class GatewayStage:
             async for event in self.gateway.generate(request, _trace_metadata(grpc_context)):
                 yield event
         except Exception as e:
-            apply_status(grpc_context, e)
+            raise_status(grpc_context, e)
 
     async def Health(self, request: api_pb2.HealthRequest, grpc_context=None):
         return api_pb2.HealthResponse(ready=True, stages={n: True for n in self.settings.app_names})
@@ -144,6 +142,13 @@ class GatewayStage:
     async def ListModels(self, request: api_pb2.ListModelsRequest, grpc_context=None):
         return api_pb2.ListModelsResponse(models=[api_pb2.ModelInfo(
             name="emu3.5", checkpoint=str(self.settings.model), vocab_size=self.gateway.tok.vocab_size)])
+
+
+def raise_status(grpc_context, exc: Exception):
+    """Set the mapped status on Serve's gRPC context, then re-raise: Serve's proxy answers
+    with a status the user set before raising (and its details), never a stack trace."""
+    apply_status(grpc_context, exc)
+    raise exc
 
 
 def _trace_metadata(grpc_context) -> tuple:
