@@ -10,7 +10,7 @@ import grpc
 from emu35_proto.v1 import api_pb2, api_pb2_grpc
 
 from . import convert
-from .channel import Connection, Credentials
+from .channel import DEFAULT_APPLICATION, Connection, Credentials
 from .convert import ImageInput, SizeInput
 from .errors import error_from_rpc
 from .types import Event, Guidance, Health, ModelInfo, Sampling, ServerInfo
@@ -93,8 +93,9 @@ class AsyncClient:
 
     def __init__(self, target: str, api_key: str | None = None, tls: Credentials = False,
                  default_timeout: float | None = None,
-                 options: Sequence[tuple[str, Any]] = ()):
-        self._conn = Connection(target, api_key, tls, default_timeout, tuple(options))
+                 options: Sequence[tuple[str, Any]] = (),
+                 application: str | None = DEFAULT_APPLICATION):
+        self._conn = Connection(target, api_key, tls, default_timeout, tuple(options), application)
         self._channel = self._conn.open_channel(grpc.aio)
         self._stub = api_pb2_grpc.Emu35Stub(self._channel)
 

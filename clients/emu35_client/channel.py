@@ -16,6 +16,11 @@ _TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}(-[
 _API_KEY = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces: a valid metadata value
 
 
+# Ray Serve's gRPC proxy picks the application from this metadata key; emu35-serve's public
+# service is the gateway application. None sends no key (a plain gRPC server or an ingress).
+DEFAULT_APPLICATION = "emu35-gateway"
+
+
 @dataclass(frozen=True)
 class Connection:
     """Where and how to call: target, TLS, API key, default deadline, channel options."""
@@ -25,6 +30,7 @@ class Connection:
     tls: Credentials = False
     default_timeout: float | None = None
     options: Sequence[tuple[str, Any]] = ()
+    application: str | None = DEFAULT_APPLICATION
 
     def __post_init__(self):
         if not isinstance(self.target, str) or not self.target:
@@ -46,7 +52,7 @@ class Connection:
 
     def metadata(self, traceparent: str | None) -> tuple[tuple[str, str], ...]:
         """``authorization: Bearer <key>`` and the caller's W3C ``traceparent``, when given."""
-        md = []
+        md = [("application", self.application)] if self.application else []
         if self.api_key is not None:
             md.append(("authorization", f"Bearer {self.api_key}"))
         if traceparent is not None:

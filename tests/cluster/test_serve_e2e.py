@@ -1,0 +1,143 @@
+"""End to end: `emu35 serve --tiny` (real Ray Serve, real gRPC between stages, local storage)
+called through the client library; the same images as `emu35 generate` for the same seed;
+bad input answered with statuses naming the field; public ports on loopback only."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("ray")
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "clients"))
+from emu35_client import (Client, Finished, ImageProgress, ImageReady, InvalidArgument,  # noqa: E402
+                          download)
+from emu35_proto.story import interleave_story_pb2 as story_pb  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve")
+    port, http = _free_port(), _free_port()
+    log = open(root / "serve.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cluster.cli", "serve", "--tiny", str(root / "tiny"),
+         "--storage-root", str(root / "results"), "--grpc-port", str(port),
+         "--http-port", str(http)], stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True, cwd=Path(__file__).resolve().parents[2])
+    client = Client(f"127.0.0.1:{port}", default_timeout=120)
+    deadline = time.monotonic() + 240
+    while True:
+        try:
+            if client.health().ready:
+                break
+        except Exception:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("emu35 serve did not come up:\n" + (root / "serve.log").read_text()[-3000:])
+        time.sleep(2)
+    yield {"client": client, "root": root, "port": port, "http": http, "proc": proc}
+    client.close()
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: clean shutdown
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("emu35 serve did not stop on Ctrl-C")
+
+
+def _run(client, **kw):
+    events = list(client.generate(**kw))
+    assert isinstance(events[-1], Finished)
+    return events
+
+
+def test_t2i_image_arrives_as_a_stored_ref(cluster, tmp_path):
+    events = _run(cluster["client"], task="t2i", prompt="a red cat", size=(3, 4), seed=3,
+                  max_new_tokens=60)
+    ready = [e for e in events if isinstance(e, ImageReady)]
+    progress = [e.rows_done for e in events if isinstance(e, ImageProgress)]
+    assert ready and progress[:3] == [1, 2, 3]
+    ref = ready[0].ref
+    assert ref.uri.startswith("file://") and (ref.width, ref.height) == (64, 48)
+    download(ref, tmp_path / "a.png")
+    assert Image.open(tmp_path / "a.png").size == (64, 48)
+    fin = events[-1]
+    story = story_pb.Story.FromString(Path(fin.story.uri[7:]).read_bytes())
+    assert story.question == "a red cat"
+    manifest = json.loads(Path(fin.manifest.uri[7:]).read_text())
+    assert manifest["images"][0]["sha256"] == ref.sha256
+
+
+def test_same_images_as_offline_generate(cluster, tmp_path):
+    """The cluster and `emu35 generate` produce the same image for the same seed."""
+    from cluster.cli import main
+    tiny = cluster["root"] / "tiny"
+    assert main(["generate", "--model", str(tiny / "llm"), "--vision-tokenizer",
+                 str(tiny / "vision_tokenizer"), "--task", "t2i", "--prompt", "a blue bird",
+                 "--size", "3*4", "--seed", "21", "--max-new-tokens", "80",
+                 "--out", str(tmp_path / "off")]) == 0
+    offline = json.loads((tmp_path / "off" / "manifest.json").read_text())["results"][0]
+    events = _run(cluster["client"], task="t2i", prompt="a blue bird", size=(3, 4), seed=21,
+                  max_new_tokens=80)
+    served = [e.ref for e in events if isinstance(e, ImageReady)]
+    assert len(served) == len(offline["images"]) >= 1
+    assert events[-1].usage.generated_tokens == offline["usage"]["generated_tokens"]
+    for i, (ref, off) in enumerate(zip(served, offline["images"])):
+        download(ref, tmp_path / f"s{i}.png")
+        a = np.asarray(Image.open(tmp_path / f"s{i}.png"), dtype=np.int16)
+        b = np.asarray(Image.open(tmp_path / "off" / off["path"]), dtype=np.int16)
+        # Same codes; the IBQ decoder's float sums may round 1 level apart under another
+        # thread count (Ray workers run single-threaded), so pixels agree to 1 level.
+        assert a.shape == b.shape and np.abs(a - b).max() <= 1
+
+
+def test_x2i_with_a_reference_image(cluster):
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), "orange").save(buf, format="JPEG")
+    events = _run(cluster["client"], task="x2i", prompt="make it blue", images=[buf.getvalue()],
+                  size=(2, 3), seed=1, max_new_tokens=40)
+    fin = events[-1]
+    story = story_pb.Story.FromString(Path(fin.story.uri[7:]).read_bytes())
+    assert len(story.reference_images) == 1 and story.reference_images[0].image.width == 64
+
+
+@pytest.mark.parametrize("kw, field", [
+    (dict(task="t2i", prompt=""), "prompt"),
+    (dict(task="x2i", prompt="edit"), "images"),
+    (dict(task="t2i", prompt="x", size=(300, 300)), "size"),
+    (dict(task="t2i", prompt="x", images=[b"not an image"]), "images[0]"),
+    (dict(task="story", prompt="x", max_new_tokens=10**6), "max_new_tokens"),
+    (dict(task="t2i", prompt="x" * 9000), "prompt"),
+])
+def test_bad_input_is_invalid_argument_naming_the_field(cluster, kw, field):
+    with pytest.raises(InvalidArgument) as exc:
+        _run(cluster["client"], **kw)
+    assert field in exc.value.details and "Traceback" not in exc.value.details
+
+
+def test_public_ports_listen_on_loopback_only(cluster):
+    ports = {cluster["port"], cluster["http"]}
+    out = subprocess.run(["ss", "-ltnH"], capture_output=True, text=True).stdout
+    listeners = [line.split()[3] for line in out.splitlines()]
+    ours = [addr for addr in listeners if int(addr.rsplit(":", 1)[1]) in ports]
+    assert ours, listeners
+    assert all(a.startswith(("127.0.0.1:", "[::ffff:127.0.0.1]:", "[::1]:")) for a in ours), ours
