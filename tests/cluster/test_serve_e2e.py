@@ -3,6 +3,7 @@ called through the client library; the same images as `emu35 generate` for the s
 bad input answered with statuses naming the field; public ports on loopback only."""
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -32,16 +33,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    root = tmp_path_factory.mktemp("serve")
+@contextlib.contextmanager
+def running_cluster(root: Path, *args: str, env: dict | None = None):
+    """`emu35 serve` in its own process group; yields the client and ports; Ctrl-C at the end."""
     port, http = _free_port(), _free_port()
     log = open(root / "serve.log", "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cluster.cli", "serve", "--tiny", str(root / "tiny"),
-         "--storage-root", str(root / "results"), "--grpc-port", str(port),
+        [sys.executable, "-m", "cluster.cli", "serve", *args, "--grpc-port", str(port),
          "--http-port", str(http)], stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True, cwd=Path(__file__).resolve().parents[2])
+        start_new_session=True, cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, **(env or {})})
     client = Client(f"127.0.0.1:{port}", default_timeout=120)
     deadline = time.monotonic() + 240
     while True:
@@ -54,14 +55,24 @@ def cluster(tmp_path_factory):
             proc.kill()
             pytest.fail("emu35 serve did not come up:\n" + (root / "serve.log").read_text()[-3000:])
         time.sleep(2)
-    yield {"client": client, "root": root, "port": port, "http": http, "proc": proc}
-    client.close()
-    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: clean shutdown
     try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail("emu35 serve did not stop on Ctrl-C")
+        yield {"client": client, "root": root, "port": port, "http": http, "proc": proc}
+    finally:
+        client.close()
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: clean shutdown
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail("emu35 serve did not stop on Ctrl-C")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve")
+    with running_cluster(root, "--tiny", str(root / "tiny"),
+                         "--storage-root", str(root / "results")) as c:
+        yield c
 
 
 def _run(client, **kw):
