@@ -23,7 +23,7 @@ def add_arguments(p) -> None:
     p.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (default: AWS)")
     p.add_argument("--s3-prefix", default="")
     p.add_argument("--s3-region")
-    p.add_argument("--generator-replicas", type=int, default=1)
+    p.add_argument("--generator-replicas", type=int, default=1, help="generator replicas")
     p.add_argument("--kv-blocks", type=int, default=4096)
 
 
@@ -56,8 +56,14 @@ def config_from_args(args):
     stages = StageSettings(model=str(model.resolve()), vision_tokenizer=str(vq.resolve()),
                            tokenizer=args.tokenizer, device=args.device, kv_blocks=args.kv_blocks,
                            proxy_target=f"127.0.0.1:{args.grpc_port}", storage=storage)
-    return ServeConfig(stages=stages, host=args.host, grpc_port=args.grpc_port,
-                       http_port=args.http_port)
+    cfg = ServeConfig(stages=stages, host=args.host, grpc_port=args.grpc_port,
+                      http_port=args.http_port)
+    if args.generator_replicas != 1:
+        import dataclasses
+        gen = dataclasses.replace(cfg.scaling["generator"], min_replicas=args.generator_replicas,
+                                  max_replicas=args.generator_replicas)
+        cfg = dataclasses.replace(cfg, scaling={**cfg.scaling, "generator": gen})
+    return cfg
 
 
 def run(args) -> None:

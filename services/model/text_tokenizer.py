@@ -266,6 +266,14 @@ class TextTokenizer:
         except KeyError:
             raise KeyError(f"{special!r} is not a special token") from None
 
+    def find_special(self, text: str) -> str | None:
+        """The first special-token string written in ``text``, or None (the gateway refuses
+        such user text rather than silently encoding it as plain text)."""
+        for part in self._split_specials(text):
+            if isinstance(part, int):
+                return self._id_bytes[part].decode("utf-8")
+        return None
+
     def is_visual(self, token_id: int) -> bool:
         """True for the ids of visual tokens (IBQ codes)."""
         return 0 <= token_id - self.special.visual_base < self.special.num_visual

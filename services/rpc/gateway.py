@@ -25,6 +25,7 @@ from .convert import (MODES, REASON_NAMES, codes_from_pb, generator_request_to_p
                       result_ref_to_pb, sampling_from_pb)
 from .errors import InvalidArgument
 from .story import build_story
+from .tracing import child_metadata, start_span
 from .validation import CheckedRequest, Limits, check_request, decode_image
 
 DEFAULT_SEED = 6666
@@ -53,7 +54,23 @@ class Gateway:
     tenant: str = "default"
 
     async def generate(self, pb: api_pb2.GenerateRequest, metadata=()) -> AsyncIterator[api_pb2.GenerateEvent]:
+        """The request's events. ``metadata``: the caller's trace context (W3C headers)."""
+        span = start_span("gateway.Generate", metadata, task=int(pb.task))
+        try:
+            async for event in self._generate(pb, child_metadata(span)):
+                yield event
+        except Exception as e:
+            span.record_exception(e)
+            raise
+        finally:
+            span.end()
+
+    async def _generate(self, pb, metadata):
         checked = check_request(pb, self.limits)
+        special = self.tok.find_special(checked.prompt)
+        if special is not None:
+            raise InvalidArgument(f"prompt: contains the special-token string {special!r}; "
+                                  "control tokens cannot be sent as text")
         rid = pb.request_id or uuid.uuid4().hex
         grids, spans = await self._encode(checked, metadata)
         request = self._generation_request(pb, checked, rid, spans, grids)

@@ -17,6 +17,7 @@ from emu35_proto.v1 import api_pb2, stages_pb2, stages_pb2_grpc
 from services.rpc.convert import codes_from_pb, codes_to_pb, generator_event_to_pb, generator_request_from_pb
 from services.rpc.errors import apply_status
 from services.rpc.gateway import Gateway, StageClients
+from services.rpc.tracing import start_span
 from services.rpc.validation import Limits, decode_image
 
 from .settings import StageSettings
@@ -31,12 +32,15 @@ class EncoderStage:
         self.vq = VisionTokenizer.from_dir(settings.vision_tokenizer, device=settings.device)
 
     async def Encode(self, request: stages_pb2.EncodeRequest, grpc_context=None):
+        span = start_span("encoder.Encode", _trace_metadata(grpc_context), images=len(request.images))
         try:
             images = [decode_image(b) for b in request.images]
             grids = await asyncio.to_thread(self.vq.encode, images, request.area or None)
             return stages_pb2.EncodeResponse(grids=[codes_to_pb(g) for g in grids])
         except Exception as e:
             raise_status(grpc_context, e)
+        finally:
+            span.end()
 
 
 @serve.deployment
@@ -49,6 +53,7 @@ class DecoderStage:
 
     async def Decode(self, request: stages_pb2.DecodeRequest, grpc_context=None):
         from services.rpc.convert import result_ref_to_pb
+        span = start_span("decoder.Decode", _trace_metadata(grpc_context), index=request.index)
         try:
             codes = codes_from_pb(request.grid)
             image = await asyncio.to_thread(self.vq.decode_to_pil, codes)
@@ -59,6 +64,8 @@ class DecoderStage:
             return stages_pb2.DecodeResponse(image=result_ref_to_pb(ref))
         except Exception as e:
             raise_status(grpc_context, e)
+        finally:
+            span.end()
 
 
 @serve.deployment
@@ -74,12 +81,16 @@ class GeneratorStage:
         self.engine = AsyncEngine(Engine(model, tok, EngineConfig(sched)))
 
     async def Generate(self, request: stages_pb2.GeneratorRequest, grpc_context=None):
+        span = start_span("generator.Generate", _trace_metadata(grpc_context),
+                          request_id=request.request_id)
         try:
             req = generator_request_from_pb(request)
             async for event in self.engine.generate(req):
                 yield generator_event_to_pb(event)
         except Exception as e:
             raise_status(grpc_context, e)
+        finally:
+            span.end()
 
 
 class StageChannel(StageClients):

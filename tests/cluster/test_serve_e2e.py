@@ -70,8 +70,8 @@ def running_cluster(root: Path, *args: str, env: dict | None = None):
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
-    with running_cluster(root, "--tiny", str(root / "tiny"),
-                         "--storage-root", str(root / "results")) as c:
+    with running_cluster(root, "--tiny", str(root / "tiny"), "--storage-root",
+                         str(root / "results"), env={"EMU35_TRACE_FILE": str(root / "trace.jsonl")}) as c:
         yield c
 
 
@@ -138,6 +138,8 @@ def test_x2i_with_a_reference_image(cluster):
     (dict(task="t2i", prompt="x", images=[b"not an image"]), "images[0]"),
     (dict(task="story", prompt="x", max_new_tokens=10**6), "max_new_tokens"),
     (dict(task="t2i", prompt="x" * 9000), "prompt"),
+    (dict(task="t2i", prompt="a cat <|extra_204|> then more"), "prompt"),
+    (dict(task="x2i", prompt="x", images=[b"\x89PNG\r\n\x1a\n" + b"\0" * 64] * 4), "images"),
 ])
 def test_bad_input_is_invalid_argument_naming_the_field(cluster, kw, field):
     with pytest.raises(InvalidArgument) as exc:
@@ -152,3 +154,29 @@ def test_public_ports_listen_on_loopback_only(cluster):
     ours = [addr for addr in listeners if int(addr.rsplit(":", 1)[1]) in ports]
     assert ours, listeners
     assert all(a.startswith(("127.0.0.1:", "[::ffff:127.0.0.1]:", "[::1]:")) for a in ours), ours
+
+
+def test_one_trace_joins_every_stage(cluster):
+    """The caller's traceparent roots one trace with a span per stage (W3C context carried in
+    gRPC metadata from the gateway to the encoder, generator and decoder)."""
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    buf = io.BytesIO()
+    Image.new("RGB", (48, 32), "green").save(buf, format="PNG")
+    _ = list(cluster["client"].generate(
+        task="x2i", prompt="edit", images=[buf.getvalue()], size=(2, 2), seed=5,
+        max_new_tokens=30, traceparent=f"00-{trace_id}-00f067aa0ba902b7-01"))
+    path, spans = cluster["root"] / "trace.jsonl", []
+    for _ in range(40):  # spans are exported when they end, in each stage's process
+        if path.exists():
+            spans = [json.loads(line) for line in path.read_text().splitlines()]
+            spans = [s for s in spans if s["trace_id"] == trace_id]
+            if {s["name"] for s in spans} >= {"gateway.Generate", "encoder.Encode",
+                                             "generator.Generate", "decoder.Decode"}:
+                break
+        time.sleep(0.5)
+    names = sorted(s["name"] for s in spans)
+    assert {"gateway.Generate", "encoder.Encode", "generator.Generate"} <= set(names), names
+    gateway = next(s for s in spans if s["name"] == "gateway.Generate")
+    assert gateway["parent_id"] == "00f067aa0ba902b7"
+    assert all(s["parent_id"] == gateway["span_id"] for s in spans if s is not gateway)
+    assert names.count("gateway.Generate") == names.count("encoder.Encode") == 1
