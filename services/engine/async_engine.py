@@ -82,11 +82,17 @@ class AsyncEngine:
             loop = stream[0]
             try:
                 self.engine.add_request(payload)
+                error = None
             except Exception as e:
-                loop.call_soon_threadsafe(_settle, done, e)
+                error = e
+            try:
+                loop.call_soon_threadsafe(_settle, done, error)
+            except RuntimeError:  # the caller's loop closed while it waited
+                if error is None:
+                    self.engine.abort(payload.request_id)
                 continue
-            self._streams[payload.request_id] = stream
-            loop.call_soon_threadsafe(_settle, done, None)
+            if error is None:
+                self._streams[payload.request_id] = stream
 
     def _deliver(self, event: Event) -> None:
         stream = self._streams.get(event.request_id)
@@ -95,7 +101,12 @@ class AsyncEngine:
         loop, events = stream
         if isinstance(event, Finished):
             del self._streams[event.request_id]
-        loop.call_soon_threadsafe(events.put_nowait, event)
+        try:
+            loop.call_soon_threadsafe(events.put_nowait, event)
+        except RuntimeError:  # the consumer's event loop is gone: nobody is listening
+            self._streams.pop(event.request_id, None)
+            if not isinstance(event, Finished):
+                self.engine.abort(event.request_id)
 
     def _fail_all(self, message: str) -> None:
         for rid in list(self._streams):
