@@ -65,7 +65,10 @@ def check_image(data: bytes, field: str, limits: Limits) -> None:
     try:
         with Image.open(io.BytesIO(data)) as im:  # reads the header only
             fmt, (w, h) = im.format, im.size
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError:
+        raise InvalidArgument(f"{field}: too many pixels, the limit is {limits.max_image_pixels} "
+                              "(decompression-bomb guard)") from None
+    except (UnidentifiedImageError, OSError) as e:
         raise InvalidArgument(f"{field}: not a readable image ({type(e).__name__})") from None
     if fmt not in _FORMATS:
         raise InvalidArgument(f"{field}: format {fmt} is not one of {sorted(_FORMATS)}")
