@@ -224,85 +224,85 @@ def test_smart_resize_rejects_degenerate_targets():
 # ------------------------------------------------------------------- tokenizer roundtrip
 
 
-def test_preprocess_normalises_like_the_reference(tok):
+def test_preprocess_normalises_like_the_reference(vision):
     image = random_image(32, 48)
-    x = tok.preprocess(image)
+    x = vision.preprocess(image)
     expected = torch.tensor(np.array(image) / 127.5 - 1.0).to(torch.float32).permute(2, 0, 1)
     assert x.dtype == torch.float32 and x.shape == (3, 32, 48)
     assert torch.equal(x, expected)
     # 60x40 at area 48^2: new_h = int(sqrt(2304 / 1.5)) = 39 -> 32, new_w = int(39 * 1.5) = 58 -> 64
-    assert tok.preprocess(random_image(40, 60), area=48 * 48).shape == (3, 32, 64)
+    assert vision.preprocess(random_image(40, 60), area=48 * 48).shape == (3, 32, 64)
 
 
-def test_encode_decode_shapes_and_determinism(tok):
+def test_encode_decode_shapes_and_determinism(vision):
     images = [random_image(48, 64, seed=1), random_image(32, 32, seed=2)]
-    codes = tok.encode(images)
+    codes = vision.encode(images)
     assert [c.shape for c in codes] == [(3, 4), (2, 2)]
     assert all(c.dtype == torch.long and c.device.type == "cpu" for c in codes)
     assert all(int(c.min()) >= 0 and int(c.max()) < N_EMBED for c in codes)
     assert len(torch.unique(codes[0])) > 3  # random weights still spread codes
-    assert all(torch.equal(a, b) for a, b in zip(codes, tok.encode(images)))
+    assert all(torch.equal(a, b) for a, b in zip(codes, vision.encode(images)))
 
-    pixels = tok.decode(codes[0][None])
+    pixels = vision.decode(codes[0][None])
     assert pixels.dtype == torch.uint8 and pixels.shape == (1, 48, 64, 3)
-    assert torch.equal(pixels, tok.decode(codes[0][None]))
-    mixed = tok.decode(codes)
+    assert torch.equal(pixels, vision.decode(codes[0][None]))
+    mixed = vision.decode(codes)
     assert isinstance(mixed, list) and [m.shape for m in mixed] == [(48, 64, 3), (32, 32, 3)]
     assert torch.equal(mixed[0], pixels[0])
-    pil = tok.decode_to_pil(codes[1])
+    pil = vision.decode_to_pil(codes[1])
     assert pil.mode == "RGB" and pil.size == (32, 32)
 
 
-def test_batched_encode_equals_per_image_encode(tok):
+def test_batched_encode_equals_per_image_encode(vision):
     images = [random_image(32, 48, seed=s) for s in range(3)] + [random_image(16, 16, seed=9)]
-    batched = tok.encode(images, max_batch=2)
+    batched = vision.encode(images, max_batch=2)
     for image, codes in zip(images, batched):
-        assert torch.equal(tok.encode([image])[0], codes)
-    together = tok.decode(torch.stack(batched[:3]), max_batch=3)
-    alone = tok.decode(list(batched[:3]), max_batch=1)
+        assert torch.equal(vision.encode([image])[0], codes)
+    together = vision.decode(torch.stack(batched[:3]), max_batch=3)
+    alone = vision.decode(list(batched[:3]), max_batch=1)
     # Batched convolutions may round differently in the last float bit, which can move a
     # truncated pixel across an integer boundary: at most 1 LSB, and rarely.
     diff = (together.int() - alone.int()).abs()
     assert int(diff.max()) <= 1 and float((diff > 0).float().mean()) < 0.01
 
 
-def test_tensor_input_matches_pil_input_and_area_resizes(tok):
+def test_tensor_input_matches_pil_input_and_area_resizes(vision):
     images = [random_image(32, 48, seed=s) for s in range(2)]
-    x = torch.stack([tok.preprocess(im) for im in images])
-    assert all(torch.equal(a, b) for a, b in zip(tok.encode(x), tok.encode(images)))
-    (resized,) = tok.encode([random_image(30, 61, seed=4)], area=32 * 64)
+    x = torch.stack([vision.preprocess(im) for im in images])
+    assert all(torch.equal(a, b) for a, b in zip(vision.encode(x), vision.encode(images)))
+    (resized,) = vision.encode([random_image(30, 61, seed=4)], area=32 * 64)
     assert resized.shape == (2, 4)
 
 
-def test_decode_truncates_like_the_reference(tok):
+def test_decode_truncates_like_the_reference(vision):
     codes = torch.randint(0, N_EMBED, (1, 2, 3), generator=torch.Generator().manual_seed(5))
     with torch.inference_mode():
-        raw = tok.model.decode_codes(codes)
+        raw = vision.model.decode_codes(codes)
     expected = ((raw + 1.0) * 127.5).clamp(0, 255).permute(0, 2, 3, 1).numpy().astype(np.uint8)
-    assert np.array_equal(tok.decode(codes).numpy(), expected)
+    assert np.array_equal(vision.decode(codes).numpy(), expected)
 
 
-def test_bf16_tokenizer_runs(tiny_dir, tok):
+def test_bf16_tokenizer_runs(tiny_dir, vision):
     bf16 = VisionTokenizer.from_dir(tiny_dir, dtype=torch.bfloat16)
     assert next(bf16.model.parameters()).dtype == torch.bfloat16
     images = [random_image(48, 48, seed=s) for s in range(2)]
     codes = bf16.encode(images)
     assert [c.shape for c in codes] == [(3, 3), (3, 3)]
-    agree = np.mean([(a == b).float().mean().item() for a, b in zip(codes, tok.encode(images))])
+    agree = np.mean([(a == b).float().mean().item() for a, b in zip(codes, vision.encode(images))])
     assert agree > 0.5  # bf16 activations perturb near-ties only
     assert bf16.decode(torch.stack(codes)).shape == (2, 48, 48, 3)
 
 
-def test_invalid_inputs_are_named(tok):
+def test_invalid_inputs_are_named(vision):
     with pytest.raises(ValueError, match="image"):
-        tok.encode([random_image(30, 32)])
+        vision.encode([random_image(30, 32)])
     with pytest.raises(ValueError, match="image"):
-        tok.encode(torch.zeros(1, 3, 20, 32))
+        vision.encode(torch.zeros(1, 3, 20, 32))
     with pytest.raises(ValueError, match="codes"):
-        tok.decode(torch.full((1, 2, 2), N_EMBED))
+        vision.decode(torch.full((1, 2, 2), N_EMBED))
     with pytest.raises(ValueError, match="codes"):
-        tok.decode(torch.full((1, 2, 2), -1))
+        vision.decode(torch.full((1, 2, 2), -1))
     with pytest.raises(ValueError, match="codes"):
-        tok.decode(torch.zeros(2, 2, dtype=torch.long))
+        vision.decode(torch.zeros(2, 2, dtype=torch.long))
     with pytest.raises(ValueError, match="codes"):
-        tok.decode(torch.zeros(1, 2, 2))
+        vision.decode(torch.zeros(1, 2, 2))

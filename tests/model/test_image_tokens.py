@@ -1,7 +1,5 @@
 """Image grids, size parsing and BOI..EOI spans (spec §3)."""
 
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,33 +15,8 @@ from services.model.image_tokens import (
     parse_image_size,
     parse_image_span,
 )
-from services.model.synthetic_vocab import write_synthetic_tokenizer
-from services.model.text_tokenizer import TIKTOKEN_FILE, TextTokenizer
 
 
-def _real_dir() -> Path:
-    default = Path(__file__).resolve().parents[2].parent / "shared" / "emu35-tokenizer"
-    return Path(os.environ.get("EMU35_TOKENIZER_DIR", default))
-
-
-@pytest.fixture(scope="module")
-def real_tok() -> TextTokenizer:
-    path = _real_dir()
-    if not (path / TIKTOKEN_FILE).exists():
-        pytest.skip(f"real Emu3.5 tokenizer files not found at {path}")
-    return TextTokenizer.from_dir(path)
-
-
-@pytest.fixture(scope="module")
-def synth_tok(tmp_path_factory) -> TextTokenizer:
-    path = tmp_path_factory.mktemp("synth")
-    write_synthetic_tokenizer(path, num_visual_tokens=100)
-    return TextTokenizer.from_dir(path)
-
-
-@pytest.fixture(params=["real", "synth"])
-def tok(request) -> TextTokenizer:
-    return request.getfixturevalue(f"{request.param}_tok")
 
 
 def _reference_image_string(codes: torch.Tensor) -> str:

@@ -1,14 +1,11 @@
 """Prompt templates (spec §4) and per-task defaults (spec §6.1)."""
 
 import dataclasses
-import os
-from pathlib import Path
 
 import pytest
 import torch
 
 from services.model.image_tokens import image_span_ids
-from services.model.synthetic_vocab import write_synthetic_tokenizer
 from services.model.templates import (
     TASK_DEFAULTS,
     PromptPair,
@@ -17,7 +14,6 @@ from services.model.templates import (
     parse_task,
     template_strings,
 )
-from services.model.text_tokenizer import TIKTOKEN_FILE, TextTokenizer
 
 # Spec §4, byte for byte.
 C1 = ("<|extra_203|>You are a helpful assistant for {task} task. USER: {question} "
@@ -34,29 +30,6 @@ HOWTO_C2 = ("<|extra_203|>You are a helpful assistant for howto task. Please gen
             "with interleaved text and images. USER: {question}<|IMAGE|> ASSISTANT: <|extra_100|>")
 
 
-def _real_dir() -> Path:
-    default = Path(__file__).resolve().parents[2].parent / "shared" / "emu35-tokenizer"
-    return Path(os.environ.get("EMU35_TOKENIZER_DIR", default))
-
-
-@pytest.fixture(scope="module")
-def real_tok() -> TextTokenizer:
-    path = _real_dir()
-    if not (path / TIKTOKEN_FILE).exists():
-        pytest.skip(f"real Emu3.5 tokenizer files not found at {path}")
-    return TextTokenizer.from_dir(path)
-
-
-@pytest.fixture(scope="module")
-def synth_tok(tmp_path_factory) -> TextTokenizer:
-    path = tmp_path_factory.mktemp("synth")
-    write_synthetic_tokenizer(path, num_visual_tokens=64)
-    return TextTokenizer.from_dir(path)
-
-
-@pytest.fixture(params=["real", "synth"])
-def tok(request) -> TextTokenizer:
-    return request.getfixturevalue(f"{request.param}_tok")
 
 
 def _sub(template: str, task: str) -> str:
