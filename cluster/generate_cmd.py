@@ -105,7 +105,7 @@ def run(args) -> None:
             if isinstance(event, Finished):
                 item = by_name[event.request_id]
                 results[item.name] = write_result(out, item, event, tok, vision, refs[item.name])
-        progress.draw(0)
+        progress.draw()
     path = write_manifest(out, [results[n] for n in names],
                           {"model": str(args.model), "vision_tokenizer": str(args.vision_tokenizer),
                            "device": str(device), "seconds": time.monotonic() - start})
@@ -116,8 +116,11 @@ def _default_blocks(model, items) -> int:
     """Enough KV blocks for every request at once, capped by the device's free memory."""
     import torch
 
+    from services.engine.scheduler import SchedulerConfig
+
     cfg = model.config
-    per_block = 16 * 2 * cfg.num_hidden_layers * cfg.kv_size * model.lm_head.weight.element_size()
+    per_block = (SchedulerConfig().block_size * 2 * cfg.num_hidden_layers * cfg.kv_size
+                 * model.lm_head.weight.element_size())
     if model.device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(model.device)
         return max(64, int(free * 0.8) // per_block)

@@ -80,10 +80,9 @@ class Progress:
             if not self.tty:
                 self.stream.write(f"[{self.done}/{self.total}] {event.request_id}: {event.reason}\n")
 
-    def draw(self, step_tokens: int) -> None:
+    def draw(self) -> None:
         if not self.tty:
             return
-        self.tokens += step_tokens
         bar = "#" * (20 * self.done // self.total)
         rows = sum(r for r, _ in self.rows.values()), sum(t for _, t in self.rows.values())
         rate = self.tokens / max(time.monotonic() - self.start, 1e-9)
@@ -105,7 +104,8 @@ def _file_record(path: Path, root: Path, data: bytes, **extra) -> dict:
 
 def write_result(out: Path, item: PromptItem, finished, tok, vision, reference_pngs) -> dict:
     """PNGs and the Story .pb of one finished request; returns its manifest entry."""
-    from services.model.response import BrokenImage, IncompleteImage, ImageEntry, PngImage, split_response
+    from services.model.response import (BrokenImage, ImageEntry, IncompleteImage, PngImage,
+                                         TextEntry, split_response)
     from services.rpc.story import build_story
 
     entries = split_response(tok, finished.token_ids)
@@ -123,7 +123,7 @@ def write_result(out: Path, item: PromptItem, finished, tok, vision, reference_p
     story = build_story(item.prompt, reference_pngs, items).SerializeToString()
     pb_path = out / "proto" / f"{item.name}.pb"
     pb_path.write_bytes(story)
-    text = "".join(getattr(e, "text", "") for e in entries if type(e).__name__ == "TextEntry")
+    text = "".join(e.text for e in entries if isinstance(e, TextEntry))
     return {**asdict(item), "finish_reason": finished.reason, "text": text, "images": images,
             "story": _file_record(pb_path, out, story), "usage": asdict(finished.usage),
             "incomplete_image": finished.incomplete_image,

@@ -44,6 +44,15 @@ def select_output_grid(explicit: ImageGrid | None,
     return reference_grids[-1] if reference_grids else None
 
 
+def output_grid_for(task: Task, explicit: ImageGrid | None, size_given: bool,
+                    reference_grids: Sequence[ImageGrid]) -> ImageGrid | None:
+    """The output grid of a request: with no size given, t2i without reference images uses
+    the t2i config's "default" preset (spec §3.2); then :func:`select_output_grid`."""
+    if not size_given and task is Task.T2I and not reference_grids:
+        explicit = parse_image_size("default")
+    return select_output_grid(explicit, reference_grids)
+
+
 def prepare_prompt(tok: TextTokenizer, task: str | Task, question: str,
                    images: Sequence["Image.Image"] = (), size: str | None = None,
                    vision: "VisionTokenizer | None" = None) -> PreparedPrompt:
@@ -51,8 +60,6 @@ def prepare_prompt(tok: TextTokenizer, task: str | Task, question: str,
     "HxW" pixels; None uses the task's reference behaviour (t2i: "default" = 4:3 preset)."""
     task = parse_task(task)
     defaults = TASK_DEFAULTS[task]
-    if size is None and task is Task.T2I and not images:
-        size = "default"  # the t2i config's image_size (spec §3.2)
     explicit = parse_image_size(size) if size is not None else None
     spans, grids = [], []
     if images:
@@ -64,4 +71,5 @@ def prepare_prompt(tok: TextTokenizer, task: str | Task, question: str,
     pair = build_prompts(tok, task, question, spans)
     return PreparedPrompt(task=task, cond=pair.cond, uncond=pair.uncond,
                           reference_grids=tuple(grids),
-                          output_grid=select_output_grid(explicit, grids), defaults=defaults)
+                          output_grid=output_grid_for(task, explicit, size is not None, grids),
+                          defaults=defaults)

@@ -16,9 +16,9 @@ from emu35_proto.v1 import api_pb2, common_pb2, stages_pb2
 from services.engine.request import (Guidance, GuidanceMode, RequestError, SamplingParams,
                                      StopRule, default_request)
 from services.model.image_tokens import ImageGrid, image_span_ids
-from services.model.prompting import select_output_grid
+from services.model.prompting import output_grid_for
 from services.model.response import BrokenImage, ImageEntry, IncompleteImage, PngImage, split_response
-from services.model.templates import TASK_DEFAULTS, Task, build_prompts
+from services.model.templates import TASK_DEFAULTS, build_prompts
 from services.model.text_tokenizer import TextTokenizer
 
 from .convert import (MODES, REASON_NAMES, codes_from_pb, generator_request_to_pb,
@@ -103,9 +103,6 @@ class Gateway:
             prompts = build_prompts(self.tok, task, checked.prompt, spans)
         except ValueError as e:
             raise InvalidArgument(str(e)) from None
-        explicit = checked.size
-        if not checked.size_given and task is Task.T2I and not grids:
-            explicit = ImageGrid(55, 73)  # the t2i config's "default" preset (spec §3.2)
         d = TASK_DEFAULTS[task]
         g = pb.guidance
         guidance = Guidance(MODES[g.mode], g.scale if g.HasField("scale") else d.cfg_scale,
@@ -117,7 +114,8 @@ class Gateway:
             rid, task, prompts.cond, prompts.uncond,
             text=sampling_from_pb(pb.text_sampling, SamplingParams(d.text_top_k, d.text_top_p, d.text_temperature)),
             image=sampling_from_pb(pb.image_sampling, SamplingParams(d.image_top_k, d.image_top_p, d.image_temperature)),
-            guidance=guidance, output_grid=select_output_grid(explicit, grids),
+            guidance=guidance,
+            output_grid=output_grid_for(task, checked.size, checked.size_given, grids),
             max_new_tokens=pb.max_new_tokens if pb.HasField("max_new_tokens") else d.max_new_tokens,
             stop=StopRule.EOI if pb.stop_at_image_end else StopRule.EOS,
             seed=pb.seed if pb.HasField("seed") else DEFAULT_SEED)

@@ -18,6 +18,7 @@ from services.rpc.convert import codes_from_pb, codes_to_pb, generator_event_to_
 from services.rpc.errors import apply_status
 from services.rpc.gateway import Gateway, StageClients
 from services.rpc.tracing import start_span
+from services.model.templates import Task
 from services.rpc.validation import Limits, decode_image
 
 from .settings import StageSettings
@@ -145,7 +146,7 @@ class GatewayStage:
 
     async def Info(self, request: api_pb2.InfoRequest, grpc_context=None):
         lim = self.gateway.limits
-        return api_pb2.InfoResponse(version="0.1.0", tasks=["t2i", "x2i", "howto", "story", "explore", "vla"],
+        return api_pb2.InfoResponse(version="0.1.0", tasks=[t.value for t in Task],
                                     max_prompt_chars=lim.max_prompt_chars, max_images=lim.max_images,
                                     max_image_bytes=lim.max_image_bytes,
                                     context_length=self.gateway.context_length)
