@@ -19,16 +19,20 @@ import torch.nn.functional as F
 
 
 def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-             slot_mapping: torch.Tensor) -> None:
+             slot_mapping: torch.Tensor, skip_negative: bool = True) -> None:
     """Store this step's keys/values: token t goes to slot ``slot_mapping[t]``
     (= block * block_size + offset); a negative slot means "do not store" (padding).
 
-    k, v: [T, Hkv, D]; slot_mapping: int64 [T]. The caches must be contiguous.
+    k, v: [T, Hkv, D]; slot_mapping: int64 [T]. The caches must be contiguous. With
+    ``skip_negative=False`` every slot must be valid, and the copy needs no host sync (the
+    engine's runner sends padding to a scratch block instead, so CUDA graphs can capture it).
     """
-    keep = slot_mapping >= 0
-    slots = slot_mapping[keep].long()  # boolean indexing syncs; fine for a plain-torch path
-    k_cache.view(-1, *k_cache.shape[2:]).index_copy_(0, slots, k[keep].to(k_cache.dtype))
-    v_cache.view(-1, *v_cache.shape[2:]).index_copy_(0, slots, v[keep].to(v_cache.dtype))
+    if skip_negative:
+        keep = slot_mapping >= 0
+        slot_mapping, k, v = slot_mapping[keep], k[keep], v[keep]  # boolean indexing syncs
+    slots = slot_mapping.long()
+    k_cache.view(-1, *k_cache.shape[2:]).index_copy_(0, slots, k.to(k_cache.dtype))
+    v_cache.view(-1, *v_cache.shape[2:]).index_copy_(0, slots, v.to(v_cache.dtype))
 
 
 def paged_attention_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,

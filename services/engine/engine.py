@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -19,6 +19,7 @@ from .detokenizer import IncrementalDetokenizer
 from .events import Event, Finished, ImageComplete, ImageProgress, ImageStarted, TextDelta, Usage
 from .grammar import GrammarState, Mode, StepKind, grid_from_prompt
 from .request import GenerationRequest, GuidanceMode, RequestError, StopRule
+from .memory import plan_kv_cache
 from .runner import ModelRunner, build_step_input
 from .sampler import GrammarMasks, SamplingBatch, sample
 from .scheduler import Scheduler, SchedulerConfig
@@ -31,6 +32,11 @@ log = logging.getLogger(__name__)
 class EngineConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     attention: str | None = None  # "reference" | "triton" | "flash"; None picks by device
+    # Decode steps replay CUDA graphs when the device and attention allow (runner.py).
+    cuda_graphs: bool = True
+    # With scheduler.num_blocks None, the KV cache takes what this fraction of the device's
+    # memory leaves after weights, activations and graphs (memory.py).
+    gpu_memory_utilization: float = 0.90
 
 
 @dataclass
@@ -47,8 +53,15 @@ class Engine:
             raise ValueError(f"model vocab_size {model.config.vocab_size} != tokenizer {tok.vocab_size}")
         self.model, self.tok, self.config = model, tok, config
         sc = config.scheduler
+        self.kv_plan = None
+        if sc.num_blocks is None:
+            self.kv_plan = plan_kv_cache(model, sc, config.gpu_memory_utilization, config.attention)
+            sc = replace(sc, num_blocks=self.kv_plan.num_blocks)
         self.scheduler = Scheduler(sc)
         self.runner = ModelRunner(model, sc.num_blocks, sc.block_size, config.attention)
+        if config.cuda_graphs and self.runner.device.type == "cuda" \
+                and self.runner.attention_name == "triton":
+            self.runner.capture_decode_graphs(sc.max_num_seqs)
         self.masks = GrammarMasks(tok.special, tok.vocab_size, model.device)
         self.groups: dict[str, GuidanceGroup] = {}
         self.live: dict[str, _Live] = {}

@@ -18,7 +18,7 @@ class SchedulerConfig:
     max_batched_tokens: int = 2048    # tokens per step (prefill chunks + decode)
     max_waiting: int = 256            # bounded queue: beyond it requests are refused
     block_size: int = 16
-    num_blocks: int = 1024
+    num_blocks: int | None = 1024   # None: sized from free GPU memory (engine.py)
 
 
 @dataclass

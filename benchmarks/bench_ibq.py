@@ -1,0 +1,49 @@
+"""IBQ vision tokenizer at the released shape (random weights): encode and decode time and
+extra peak memory at 1024x1024, batch 1 and 4, fp32 (the reference's dtype) and bf16."""
+from __future__ import annotations
+
+import torch
+
+from services.model.ibq import VisionTokenizer
+from services.model.ibq.config import IBQConfig
+from services.model.ibq.model import IBQ
+
+from .common import Stopwatch
+
+
+def released_config() -> IBQConfig:
+    """Spec §8 (inferred from the report's 455M parameters): ch 256, ch_mult [1,1,2,2,4],
+    4 blocks per level, attention only at the lowest level, 131,072 codes of 256."""
+    return IBQConfig(n_embed=131072, embed_dim=256, ch=256, ch_mult=(1, 1, 2, 2, 4),
+                     num_res_blocks=4, attn_resolutions=(64,), resolution=1024, z_channels=256)
+
+
+def _measure(fn, iters: int) -> tuple[float, int]:
+    fn()  # warm up (cuDNN algorithm choice)
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    watch = Stopwatch()
+    for _ in range(iters):
+        fn()
+    return watch.stop() / iters, torch.cuda.max_memory_allocated() - base
+
+
+def bench_ibq(quick: bool = False) -> list[dict]:
+    side = 256 if quick else 1024
+    rows = []
+    for dtype in (torch.float32, torch.bfloat16):
+        torch.manual_seed(0)
+        vision = VisionTokenizer(IBQ(released_config()), device="cuda", dtype=dtype)
+        for batch in (1, 4):
+            pixels = torch.rand(batch, 3, side, side, device="cuda") * 2 - 1
+            codes = torch.randint(0, 131072, (batch, side // 16, side // 16))
+            for op, fn in (("encode", lambda: vision.encode(pixels)),
+                           ("decode", lambda: vision.decode(codes))):
+                t, extra = _measure(fn, iters=2 if quick else 5)
+                rows.append(dict(op=op, dtype=str(dtype).removeprefix("torch."), batch=batch,
+                                 side=side, ms=t * 1e3, ms_per_image=t * 1e3 / batch,
+                                 extra_gib=extra / 2**30))
+        del vision
+        torch.cuda.empty_cache()
+    return rows
