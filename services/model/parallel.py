@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels.linear import linear
+
 
 @dataclass(frozen=True)
 class ParallelGroup:
@@ -63,7 +65,7 @@ class ColumnParallelLinear(nn.Module):
                                    requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight)
+        return linear(x, self.weight)
 
     def load_shard(self, name: str, full: torch.Tensor) -> None:
         """Copy this rank's rows of logical weight ``name`` ([full_out, in]) into place."""
@@ -84,7 +86,7 @@ class RowParallelLinear(nn.Module):
                                    requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pg.all_reduce(F.linear(x, self.weight))
+        return self.pg.all_reduce(linear(x, self.weight))
 
     def load_shard(self, name: str, full: torch.Tensor) -> None:
         cols = full.narrow(1, self.pg.rank * self.local_in, self.local_in)
@@ -94,12 +96,15 @@ class RowParallelLinear(nn.Module):
 class VocabParallelEmbedding(nn.Module):
     """Embedding table with vocabulary rows split across ranks."""
 
+    row_multiple = 1
+
     def __init__(self, vocab_size: int, dim: int, pg: ParallelGroup,
                  dtype: torch.dtype | None = None, device=None):
         super().__init__()
         self.vocab_size = vocab_size
         # Pad so every rank holds the same number of rows; padded rows are never looked up.
-        self.local_rows = -(-vocab_size // pg.world_size)
+        rows, mult = -(-vocab_size // pg.world_size), self.row_multiple
+        self.local_rows = -(-rows // mult) * mult
         self.start = pg.rank * self.local_rows
         self.pg = pg
         self.weight = nn.Parameter(torch.empty(self.local_rows, dim, dtype=dtype, device=device),
@@ -124,8 +129,12 @@ class ParallelLMHead(VocabParallelEmbedding):
     """Untied output projection, vocabulary split across ranks; logits gathered and cut to
     the true vocabulary size."""
 
+    # Zero rows pad each shard to a multiple of 64 so the logits' row stride stays 16-byte
+    # aligned: GEMM kernels for 282,926 columns otherwise fall back to slow paths.
+    row_multiple = 64
+
     def forward(self, h: torch.Tensor) -> torch.Tensor:  # h: [N, hidden] -> [N, vocab]
-        logits = self.pg.all_gather_last(F.linear(h, self.weight))
+        logits = self.pg.all_gather_last(linear(h, self.weight))
         return logits[..., : self.vocab_size]
 
 

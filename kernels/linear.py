@@ -1,0 +1,36 @@
+"""The linear layers' GEMM: ``F.linear``, or the skinny Triton kernel for decode-sized
+batches on CUDA (:mod:`kernels.skinny_gemm`), where cuBLAS leaves bandwidth unused.
+
+``EMU35_SKINNY_GEMM=0`` turns the kernel off. Triton is imported only on first CUDA use, so
+CPU-only use never imports it.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+
+import torch
+import torch.nn.functional as F
+
+ENV_VAR = "EMU35_SKINNY_GEMM"
+MAX_ROWS = 16  # measured on H200: at 64 rows cuBLAS keeps up (benchmarks/RESULTS.md)
+
+
+@functools.cache
+def _skinny():
+    if os.environ.get(ENV_VAR, "1") == "0" or importlib.util.find_spec("triton") is None:
+        return None
+    from .skinny_gemm import skinny_gemm
+
+    return skinny_gemm
+
+
+def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x: [..., K], w: [N, K] -> [..., N] (no bias)."""
+    if x.is_cuda and x.dim() == 2 and 0 < x.shape[0] <= MAX_ROWS and x.stride(1) == 1 \
+            and w.stride(1) == 1 and x.dtype == w.dtype:
+        kernel = _skinny()
+        if kernel is not None:
+            return kernel(x, w)
+    return F.linear(x, w)
