@@ -66,6 +66,18 @@ def _cuda_time(fn, iters: int, warmup: int = 3) -> float:
     return start.elapsed_time(end) / 1e3 / iters
 
 
+def cuda_graph_time(fn, iters: int = 20) -> float:
+    """Seconds per call of ``fn`` replayed from a CUDA graph of ``iters`` calls, as a decode
+    step's kernels run (no CPU launch cost)."""
+    fn()  # compile / choose algorithms outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(iters):
+            fn()
+    return _cuda_time(graph.replay, iters=5, warmup=1) / iters
+
+
 def measure_ceilings(device="cuda") -> Ceilings:
     n = 1 << 30  # 2 GiB of bf16 each way: far past the L2
     src = torch.empty(n, dtype=torch.bfloat16, device=device).uniform_()

@@ -1,5 +1,7 @@
 """Decode GEMMs at the 34B shapes: the skinny kernel (a small tile sweep) against cuBLAS,
-each against the bytes roofline from a copy bandwidth measured in the same run.
+each against the bytes roofline from a copy bandwidth measured in the same run. Timed as
+CUDA-graph replays, as a decode step runs them (Triton's Python launch cost would otherwise
+dominate the small shapes).
 
     python -m kernels.bench_skinny_gemm
 """
@@ -10,7 +12,7 @@ import itertools
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import _cuda_time, measure_ceilings
+from benchmarks.common import cuda_graph_time, measure_ceilings
 from kernels.skinny_gemm import default_tiles, skinny_gemm
 
 SHAPES = {"qkv": (10240, 5120), "o": (5120, 8192), "gate_up": (51200, 5120),
@@ -28,17 +30,18 @@ def main() -> None:
         for m in (2, 16, 64):
             x = torch.randn(m, k, dtype=torch.bfloat16, device="cuda")
             roof = (n * k + m * (n + k)) * 2 / ceil.copy_bytes_per_s
-            t_cublas = _cuda_time(lambda: F.linear(x, w), iters=30)
-            t_default = _cuda_time(lambda: skinny_gemm(x, w), iters=30)
-            best = (t_default, default_tiles(m, n, k, sms) + (4, 4))
+            t_cublas = cuda_graph_time(lambda: F.linear(x, w))
+            t_default = cuda_graph_time(lambda: skinny_gemm(x, w))
+            bn, bk, split, stages = default_tiles(m, n, k, sms)
+            best = (t_default, (bn, bk, split, 4, stages))
             for bn, bk, split, warps, stages in itertools.product(
                     (32, 64, 128), (128, 256), (1, 2, 4, 8), (4,), (3, 4)):
                 if k % (split * bk):
                     continue
                 try:
-                    t = _cuda_time(lambda: skinny_gemm(x, w, block_n=bn, block_k=bk, split_k=split,
-                                                       num_warps=warps, num_stages=stages),
-                                   iters=10, warmup=1)
+                    t = cuda_graph_time(lambda: skinny_gemm(x, w, block_n=bn, block_k=bk,
+                                                            split_k=split, num_warps=warps,
+                                                            num_stages=stages), iters=10)
                 except Exception:  # out of shared memory for this tile
                     continue
                 if t < best[0]:

@@ -2,10 +2,11 @@
 
 A decode step is a handful of rows against every weight once, so its linears are reads of W
 at memory bandwidth with almost no arithmetic. cuBLAS reaches 0.60-0.93 of the copy roofline
-at these shapes on an H200 (benchmarks/RESULTS.md: worst at the 282,926-row head and the
-8192-wide o_proj); this kernel cuts W into ``BLOCK_N`` output rows x ``K / SPLIT_K`` input
+at these shapes on an H200 (benchmarks/RESULTS.md; worst at the 8192-wide o_proj); this kernel cuts W into ``BLOCK_N`` output rows x ``K / SPLIT_K`` input
 columns per program so that every multiprocessor keeps several tiles of W in flight, and
-sums the split-K partials in fp32 in a second tiny kernel.
+sums the split-K partials in fp32 in a second tiny kernel. Measured under CUDA graphs (as
+decode runs), it reaches 0.83-1.05 of the copy roofline at 2 rows where cuBLAS gets
+0.77-0.98.
 
 :func:`skinny_gemm_reference` defines the result (fp32 accumulation, rounded once to the
 output dtype) and runs anywhere; :func:`skinny_gemm` is the Triton kernel.
@@ -77,29 +78,32 @@ def _sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def default_tiles(m: int, n: int, k: int, sms: int) -> tuple[int, int, int]:
-    """(BLOCK_N, BLOCK_K, SPLIT_K): enough programs for ~4 per multiprocessor, each
-    streaming at least ~128 KiB of W, K split only as far as it divides evenly."""
-    block_n, block_k = 64, 128
-    tiles = triton.cdiv(n, block_n)
-    split = 1
-    while tiles * split < 4 * sms and k % (2 * split * block_k) == 0 \
-            and (k // (2 * split)) * block_n * 2 >= 128 * 1024:
-        split *= 2
-    return block_n, block_k, split
+def default_tiles(m: int, n: int, k: int, sms: int) -> tuple[int, int, int, int]:
+    """(BLOCK_N, BLOCK_K, SPLIT_K, num_stages), from a CUDA-graph sweep on an H200 at the
+    34B shapes (kernels/bench_skinny_gemm.py, benchmarks/RESULTS.md): wide W (gate_up, the
+    head) streams best in 128x256 tiles; deep W (down_proj) needs split-K to fill the
+    multiprocessors; the rest in narrow tiles. Split-K only where K divides evenly."""
+    if n >= 128 * sms // 4:
+        return 128, 256, 1, 4
+    if k >= 2 * n and k % (4 * 128) == 0 and triton.cdiv(n, 32) < 4 * sms:
+        return 32, 128, 4, 3
+    if k > n:
+        return 64, 256, 1, 4
+    return 32, 128, 1, 4
 
 
 def skinny_gemm(x: torch.Tensor, w: torch.Tensor, *, block_n: int | None = None,
                 block_k: int | None = None, split_k: int | None = None,
-                num_warps: int = 4, num_stages: int = 4) -> torch.Tensor:
+                num_warps: int = 4, num_stages: int | None = None) -> torch.Tensor:
     """x: [M, K] (M <= 64), w: [N, K], both row-major in one dtype -> [M, N] in x's dtype.
     Overrides are for tuning and tests."""
     m, k = x.shape
     n = w.shape[0]
     assert w.shape[1] == k and 0 < m <= MAX_ROWS and x.dtype == w.dtype, (x.shape, w.shape)
     assert x.stride(1) == 1 and w.stride(1) == 1
-    bn, bk, split = default_tiles(m, n, k, _sms(x.device))
+    bn, bk, split, stages = default_tiles(m, n, k, _sms(x.device))
     block_n, block_k, split_k = block_n or bn, block_k or bk, split_k or split
+    num_stages = num_stages or stages
     block_m = max(16, triton.next_power_of_2(m))
     k_per_split = triton.cdiv(triton.cdiv(k, split_k), block_k) * block_k
     even_k = k % (split_k * block_k) == 0 and k_per_split * split_k == k
