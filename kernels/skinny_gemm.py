@@ -83,7 +83,7 @@ def default_tiles(m: int, n: int, k: int, sms: int) -> tuple[int, int, int, int]
     34B shapes (kernels/bench_skinny_gemm.py, benchmarks/RESULTS.md): wide W (gate_up, the
     head) streams best in 128x256 tiles; deep W (down_proj) needs split-K to fill the
     multiprocessors; the rest in narrow tiles. Split-K only where K divides evenly."""
-    if n >= 128 * sms // 4:
+    if n >= 128 * sms:  # over one 128-row tile per multiprocessor
         return 128, 256, 1, 4
     if k >= 2 * n and k % (4 * 128) == 0 and triton.cdiv(n, 32) < 4 * sms:
         return 32, 128, 4, 3
