@@ -11,6 +11,7 @@ simulation gives 2); the end-to-end logits get the bf16 bound of the engine's GP
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 
@@ -76,8 +77,7 @@ def _worst_layer_ulps(model) -> float:
     positions = torch.cat([torch.arange(len(s), device=dev) for s in seqs])
     ref_ctx = ForwardContext(positions, model.rope_cos, model.rope_sin,
                              PackedCausal(tuple(map(len, seqs))), REFERENCE_OPS)
-    fused_ctx = ForwardContext(*[getattr(ref_ctx, f) for f in ("positions", "cos", "sin", "attn")],
-                               triton_ops())
+    fused_ctx = dataclasses.replace(ref_ctx, ops=triton_ops())
     worst, h, residual = 0.0, model.model.embed_tokens(ids), None
     for layer in model.model.layers:
         want, got = layer(h, residual, ref_ctx), layer(h, residual, fused_ctx)
