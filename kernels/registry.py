@@ -1,19 +1,31 @@
-"""Which paged-attention implementation a device uses.
+"""Which kernel implementations a device uses.
 
-``flash`` (flash-attn importable, CUDA) > ``triton`` (CUDA) > ``reference`` (anything else).
-``EMU35_ATTENTION=reference|triton|flash`` overrides the choice (a ``prefer`` argument
-overrides both). Names resolve to functions only when asked for, so CPU-only use never
-imports Triton.
+Paged attention: ``flash`` (flash-attn importable, CUDA) > ``triton`` (CUDA) > ``reference``
+(anything else); ``EMU35_ATTENTION=reference|triton|flash`` overrides the choice.
+
+Elementwise ops (RMSNorm with the residual add, QK-norm + RoPE, SwiGLU; :mod:`kernels.fused_norm`):
+``triton`` (fused kernels) on CUDA when Triton is installed, ``reference`` (plain torch)
+anywhere else; ``EMU35_FUSED=1`` / ``0`` forces one or the other.
+
+A ``prefer`` argument overrides both env vars. Names resolve to functions only when asked for,
+so CPU-only use never imports Triton.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
-from typing import Callable
+from functools import cache
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
+if TYPE_CHECKING:
+    from .fused_norm import ElementwiseOps
+
 IMPLEMENTATIONS = ("reference", "triton", "flash")
 ENV_VAR = "EMU35_ATTENTION"
+FUSED_ENV_VAR = "EMU35_FUSED"
+FUSED_CHOICES = {"0": "reference", "1": "triton"}
 
 
 def attention_impl_name(device: torch.device | str, prefer: str | None = None) -> str:
@@ -40,3 +52,35 @@ def attention_impl(device: torch.device | str, prefer: str | None = None) -> Cal
     name = attention_impl_name(device, prefer)
     return {"reference": pa.paged_attention_reference, "triton": pa.paged_attention_triton,
             "flash": pa.paged_attention_flash}[name]
+
+
+@cache
+def triton_installed() -> bool:
+    """True when Triton can be imported (checked without importing it)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def elementwise_ops_name(device: torch.device | str, prefer: str | None = None) -> str:
+    """``"triton"`` or ``"reference"`` for ``device``: ``prefer``, else ``EMU35_FUSED``, else
+    the fused kernels on CUDA when Triton is installed."""
+    if prefer is not None:
+        if prefer not in FUSED_CHOICES.values():
+            raise ValueError(f"unknown elementwise implementation {prefer!r}; "
+                             f"choose reference or triton")
+        return prefer
+    env = os.environ.get(FUSED_ENV_VAR)
+    if env:
+        if env not in FUSED_CHOICES:
+            raise ValueError(f"{FUSED_ENV_VAR}={env!r}: use 1 (fused Triton kernels) or 0 (torch)")
+        return FUSED_CHOICES[env]
+    fused = torch.device(device).type == "cuda" and triton_installed()
+    return "triton" if fused else "reference"
+
+
+def elementwise_ops(device: torch.device | str, prefer: str | None = None) -> "ElementwiseOps":
+    """The elementwise ops bundle to use on ``device`` (see :mod:`kernels.fused_norm`)."""
+    from . import fused_norm
+
+    if elementwise_ops_name(device, prefer) == "triton":
+        return fused_norm.triton_ops()
+    return fused_norm.REFERENCE_OPS

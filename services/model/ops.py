@@ -1,16 +1,15 @@
-"""Reference math for the Emu3.5 layers (spec §1.2). Fused kernels must equal these."""
+"""Reference math for the Emu3.5 layers (spec §1.2): the RoPE tables here; the elementwise ops
+(RMSNorm, RoPE, SwiGLU) are defined in :mod:`kernels.fused_norm` beside their fused kernels
+and re-exported under their model names."""
 from __future__ import annotations
 
 import torch
 
+from kernels.fused_norm import apply_rope_reference as apply_rope  # noqa: F401
+from kernels.fused_norm import rms_norm_reference as rms_norm  # noqa: F401
+from kernels.fused_norm import rotate_half  # noqa: F401
+
 from .config import Emu35Config
-
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """Llama-order RMSNorm: normalise in fp32, cast back to x's dtype, then scale."""
-    x32 = x.float()
-    normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * normed.to(x.dtype)
 
 
 def rope_inv_freq(head_dim: int, theta: float) -> torch.Tensor:
@@ -32,16 +31,3 @@ def rope_tables(config: Emu35Config, device=None) -> tuple[torch.Tensor, torch.T
     freqs = torch.outer(t, inv_freq)
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos(), emb.sin()
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [T, H, D]; cos/sin: [T, D] fp32 rows for each token's position, cast to x's dtype
-    before rotating (the reference's HF path)."""
-    cos = cos.to(x.dtype).unsqueeze(1)
-    sin = sin.to(x.dtype).unsqueeze(1)
-    return x * cos + rotate_half(x) * sin

@@ -3,21 +3,38 @@ hidden size, SwiGLU, untied head, fp32 logits.
 
 Tokens of any number of sequences travel packed as one flat batch ``[T]`` with their
 positions; an :class:`~services.model.attention.AttentionBackend` decides what each token
-attends to. Linears are tensor-parallel layers (world size 1 unless a group is given).
+attends to. Linears are tensor-parallel layers (world size 1 unless a group is given). The
+elementwise work (norms with the residual add, QK-norm + RoPE, SwiGLU) goes through an
+:class:`~kernels.fused_norm.ElementwiseOps` bundle: fused Triton kernels on CUDA, the plain
+torch references that define them elsewhere (:mod:`kernels.registry`, ``EMU35_FUSED``).
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from kernels.fused_norm import REFERENCE_OPS, ElementwiseOps
+from kernels.registry import elementwise_ops
 
 from .attention import AttentionBackend, PackedCausal
 from .config import Emu35Config
-from .ops import apply_rope, rms_norm, rope_tables
+from .ops import rope_tables
 from .parallel import (ColumnParallelLinear, ParallelGroup, ParallelLMHead, ReplicatedParameter,
                        RowParallelLinear, VocabParallelEmbedding)
+
+
+@dataclass(frozen=True)
+class ForwardContext:
+    """What every layer of one forward pass shares."""
+
+    positions: torch.Tensor  # [T] int64: each token's position
+    cos: torch.Tensor        # [max_position_embeddings, D] fp32 RoPE tables
+    sin: torch.Tensor
+    attn: AttentionBackend
+    ops: ElementwiseOps      # plain torch or fused Triton kernels (kernels.registry)
 
 
 class RMSNorm(ReplicatedParameter):
@@ -25,8 +42,15 @@ class RMSNorm(ReplicatedParameter):
         super().__init__(size, dtype=dtype, device=device)
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm(x, self.weight, self.eps)
+    def forward(self, x: torch.Tensor, ops: ElementwiseOps = REFERENCE_OPS) -> torch.Tensor:
+        return ops.rms_norm(x, self.weight, self.eps)
+
+    def add_norm(self, x, residual, ops: ElementwiseOps):
+        """(norm(residual + x), residual + x), the add fused into the norm; with no residual
+        yet (the first layer), (norm(x), x)."""
+        if residual is None:
+            return self(x, ops), x
+        return ops.add_rms_norm(x, residual, self.weight, self.eps)
 
 
 class Attention(nn.Module):
@@ -42,16 +66,14 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, **factory)
         self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, **factory)
 
-    def forward(self, x, cos, sin, attn: AttentionBackend):  # x: [T, hidden]
-        q_size = self.num_heads * self.head_dim
-        kv_size = self.num_kv_heads * self.head_dim
-        q, k, v = self.qkv_proj(x).split((q_size, kv_size, kv_size), dim=-1)
-        # Per-head RMSNorm, then RoPE (spec §1.2 item 2).
-        q = apply_rope(self.q_norm(q.view(-1, self.num_heads, self.head_dim)), cos, sin)
-        k = apply_rope(self.k_norm(k.view(-1, self.num_kv_heads, self.head_dim)), cos, sin)
-        v = v.view(-1, self.num_kv_heads, self.head_dim)
-        o = attn.attend(self.layer, q, k, v)  # [T, Hq, D]
-        return self.o_proj(o.reshape(o.shape[0], q_size))
+    def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:  # x: [T, hidden]
+        # Split q/k/v, per-head RMSNorm, then RoPE (spec §1.2 item 2):
+        # q [T, Hq, D], k and v [T, Hkv, D].
+        q, k, v = ctx.ops.qk_norm_rope(
+            self.qkv_proj(x), self.q_norm.weight, self.k_norm.weight, ctx.cos, ctx.sin,
+            ctx.positions, self.num_heads, self.num_kv_heads, self.head_dim, self.q_norm.eps)
+        o = ctx.attn.attend(self.layer, q, k, v)  # [T, Hq, D]
+        return self.o_proj(o.reshape(o.shape[0], self.num_heads * self.head_dim))
 
 
 class MLP(nn.Module):
@@ -61,9 +83,8 @@ class MLP(nn.Module):
             cfg.hidden_size, {"gate": cfg.intermediate_size, "up": cfg.intermediate_size}, pg, **factory)
         self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, pg, **factory)
 
-    def forward(self, x):
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+    def forward(self, x: torch.Tensor, ops: ElementwiseOps = REFERENCE_OPS) -> torch.Tensor:
+        return self.down_proj(ops.silu_mul(self.gate_up_proj(x)))  # silu(gate) * up
 
 
 class DecoderLayer(nn.Module):
@@ -74,9 +95,15 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **factory)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **factory)
 
-    def forward(self, h, cos, sin, attn):
-        h = h + self.self_attn(self.input_layernorm(h), cos, sin, attn)
-        return h + self.mlp(self.post_attention_layernorm(h))
+    def forward(self, h, residual, ctx: ForwardContext):
+        """h = h + attn(norm(h)); h = h + mlp(norm(h)) with the residual stream carried apart,
+        so that each add runs inside the next norm. h: the previous sublayer's output
+        [T, hidden]; residual: the stream before it (None at the first layer, where h is the
+        embedding). Returns (this layer's MLP output, the stream before it)."""
+        x, residual = self.input_layernorm.add_norm(h, residual, ctx.ops)
+        h = self.self_attn(x, ctx)
+        x, residual = self.post_attention_layernorm.add_norm(h, residual, ctx.ops)
+        return self.mlp(x, ctx.ops), residual
 
 
 class Emu35Model(nn.Module):
@@ -122,11 +149,12 @@ class Emu35ForCausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                 attn: AttentionBackend) -> torch.Tensor:
         """input_ids, positions: [T] (packed tokens) -> hidden states [T, hidden]."""
-        cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # [T, D] fp32
-        h = self.model.embed_tokens(input_ids)
+        ctx = ForwardContext(positions, self.rope_cos, self.rope_sin, attn,
+                             elementwise_ops(self.device))
+        h, residual = self.model.embed_tokens(input_ids), None
         for layer in self.model.layers:
-            h = layer(h, cos, sin, attn)
-        return self.model.norm(h)
+            h, residual = layer(h, residual, ctx)
+        return self.model.norm.add_norm(h, residual, ctx.ops)[0]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [N, hidden] -> fp32 logits [N, vocab] (bf16 GEMM, then cast; spec §1.2)."""

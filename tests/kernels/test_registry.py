@@ -1,4 +1,4 @@
-"""The attention registry: defaults per device, env override, lazy imports."""
+"""The kernel registry: defaults per device, env overrides, lazy imports."""
 from __future__ import annotations
 
 import os
@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from kernels import fused_norm
 from kernels import paged_attention as pa
-from kernels.registry import attention_impl, attention_impl_name
+from kernels import registry
+from kernels.registry import (attention_impl, attention_impl_name, elementwise_ops,
+                              elementwise_ops_name)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,8 +40,33 @@ def test_env_overrides_and_prefer_overrides_env(monkeypatch):
 
 
 def test_cpu_use_does_not_import_triton():
-    code = ("import sys; from kernels.registry import attention_impl; "
+    code = ("import sys; from kernels.registry import attention_impl, elementwise_ops; "
             "f = attention_impl('cpu'); import kernels.paged_attention; "
+            "ops = elementwise_ops('cpu'); import services.model.transformer; "
+            "assert ops.name == 'reference'; "
             "assert 'triton' not in sys.modules, 'triton imported'")
-    env = {k: v for k, v in os.environ.items() if k != "EMU35_ATTENTION"}
+    env = {k: v for k, v in os.environ.items() if k not in ("EMU35_ATTENTION", "EMU35_FUSED")}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=ROOT)
+
+
+def test_elementwise_fused_on_cuda_with_triton(monkeypatch):
+    monkeypatch.delenv("EMU35_FUSED", raising=False)
+    assert elementwise_ops("cpu") is fused_norm.REFERENCE_OPS
+    monkeypatch.setattr(registry, "triton_installed", lambda: True)
+    assert elementwise_ops_name("cuda:0") == "triton"
+    monkeypatch.setattr(registry, "triton_installed", lambda: False)
+    assert elementwise_ops_name("cuda") == "reference"
+
+
+def test_elementwise_env_and_prefer(monkeypatch):
+    monkeypatch.setattr(registry, "triton_installed", lambda: True)
+    monkeypatch.setenv("EMU35_FUSED", "0")
+    assert elementwise_ops("cuda") is fused_norm.REFERENCE_OPS
+    monkeypatch.setenv("EMU35_FUSED", "1")
+    assert elementwise_ops_name("cpu") == "triton"
+    assert elementwise_ops_name("cpu", prefer="reference") == "reference"
+    monkeypatch.setenv("EMU35_FUSED", "yes")
+    with pytest.raises(ValueError, match="EMU35_FUSED"):
+        elementwise_ops_name("cpu")
+    with pytest.raises(ValueError, match="cudnn"):
+        elementwise_ops_name("cpu", prefer="cudnn")
