@@ -6,11 +6,30 @@ then the HF-path CFG processor and warpers (spec §6.2) and one multinomial draw
 """
 from __future__ import annotations
 
+import contextlib
+import os
+
 import torch
 import torch.nn.functional as F
 
 from services.model.attention import AttentionBackend
 from services.model.transformer import Emu35ForCausalLM
+
+
+@contextlib.contextmanager
+def plain_kernels():
+    """The baseline runs torch's own ops: no fused norms, no skinny GEMM (kernels/registry.py
+    and kernels/linear.py read these per call)."""
+    saved = {k: os.environ.get(k) for k in ("EMU35_FUSED", "EMU35_SKINNY_GEMM")}
+    os.environ.update({k: "0" for k in saved})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 class ConcatCache(AttentionBackend):

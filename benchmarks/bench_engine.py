@@ -25,7 +25,7 @@ from services.model.prompting import prepare_prompt
 from services.model.templates import build_prompts
 
 from . import common
-from .baseline import ReferencePath
+from .baseline import ReferencePath, plain_kernels
 from .bench_ibq import bench_ibq
 
 IMAGE_1024 = "64*64"  # the 1:1 preset: 4,167 tokens (spec §3)
@@ -38,14 +38,21 @@ def force_images(eng: Engine) -> None:
 class StepLog:
     """Wraps the runner: every step's shape, for the roofline model of the same schedule."""
 
-    def __init__(self, eng: Engine):
+    def __init__(self, eng: Engine, timed: bool = False):
         self.steps: list[StepInput] = []
+        self.seconds: list[float] = []
+        self.timed = timed
         self.execute = eng.runner.execute
         eng.runner.execute = self
 
     def __call__(self, step: StepInput):
         self.steps.append(step)
-        return self.execute(step)
+        if not self.timed:
+            return self.execute(step)
+        watch = common.Stopwatch()
+        out = self.execute(step)
+        self.seconds.append(watch.stop())
+        return out
 
     def roofline_s(self, model, ceil: common.Ceilings, since: int = 0) -> float:
         cfg, wbytes = model.config, common.streamed_weight_bytes(model)
@@ -117,15 +124,16 @@ def bench_t2i(eng: Engine, tok, size: str) -> dict:
 def bench_baseline(model, tok, size: str, tokens: int, image_tokens: int) -> dict:
     p = prepare_prompt(tok, "t2i", "a red fox in the snow, picture baseline", size=size)
     ref = ReferencePath(model, tok.special.visual_base)
-    watch = common.Stopwatch()
-    ref.prefill(p.cond, p.uncond)
-    prefill = watch.stop()
-    for _ in range(5):
-        ref.step()
-    watch = common.Stopwatch()
-    for _ in range(tokens):
-        ref.step()
-    per_token = watch.stop() / tokens
+    with plain_kernels():
+        watch = common.Stopwatch()
+        ref.prefill(p.cond, p.uncond)
+        prefill = watch.stop()
+        for _ in range(5):
+            ref.step()
+        watch = common.Stopwatch()
+        for _ in range(tokens):
+            ref.step()
+        per_token = watch.stop() / tokens
     del ref
     torch.cuda.empty_cache()
     return dict(per_token_ms=per_token * 1e3, measured_tokens=tokens,
@@ -139,7 +147,7 @@ def bench_prefill_x2i(eng: Engine, model, tok, ceil) -> dict:
     pair = build_prompts(tok, "x2i", "put the fox from the first picture into the second", spans)
     req = default_request("x2i-prefill", "x2i", pair.cond, pair.uncond,
                           output_grid=ImageGrid(64, 64))
-    log = StepLog(eng)
+    log = StepLog(eng, timed=True)
     watch = common.Stopwatch()
     eng.add_request(req)
     while not eng.groups[req.request_id].output:
@@ -155,7 +163,10 @@ def bench_prefill_x2i(eng: Engine, model, tok, ceil) -> dict:
         tokens += len(s.token_ids)
         flops += 2.0 * params * len(s.token_ids) + sum(
             common.attention_flops(cfg, n, c) for n, c in zip(n_q, s.ctx_lens))
+    steps = [dict(tokens=len(st.token_ids), ctx=st.ctx_lens, ms=round(sec * 1e3, 1))
+             for st, sec in zip(log.steps, log.seconds)]
     return dict(prompt_tokens=len(pair.cond) + len(pair.uncond), computed_tokens=int(tokens),
+                forward_seconds=sum(log.seconds), steps=steps,
                 seconds=t, tflops=flops / t / 1e12, fraction_of_matmul=flops / t / ceil.matmul_flops)
 
 

@@ -18,8 +18,8 @@ MAX_ROWS = 16  # H200 sweep: at 64 rows cuBLAS is as fast (benchmarks/RESULTS.md
 
 
 @functools.cache
-def _skinny():
-    if os.environ.get(ENV_VAR, "1") == "0" or importlib.util.find_spec("triton") is None:
+def _skinny_kernel():
+    if importlib.util.find_spec("triton") is None:
         return None
     from .skinny_gemm import skinny_gemm
 
@@ -29,8 +29,8 @@ def _skinny():
 def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """x: [..., K], w: [N, K] -> [..., N] (no bias)."""
     if x.is_cuda and x.dim() == 2 and 0 < x.shape[0] <= MAX_ROWS and x.stride(1) == 1 \
-            and w.stride(1) == 1 and x.dtype == w.dtype:
-        kernel = _skinny()
+            and w.stride(1) == 1 and x.dtype == w.dtype and os.environ.get(ENV_VAR) != "0":
+        kernel = _skinny_kernel()
         if kernel is not None:
             return kernel(x, w)
     return F.linear(x, w)

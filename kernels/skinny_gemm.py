@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 
 MAX_ROWS = 64
+SHARED_BYTES = 200 * 1024  # of Hopper's 227 KiB per block, leaving room for the epilogue
 
 
 def skinny_gemm_reference(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -105,6 +106,8 @@ def skinny_gemm(x: torch.Tensor, w: torch.Tensor, *, block_n: int | None = None,
     block_n, block_k, split_k = block_n or bn, block_k or bk, split_k or split
     num_stages = num_stages or stages
     block_m = max(16, triton.next_power_of_2(m))
+    stage_bytes = (block_m + block_n) * block_k * x.element_size()
+    num_stages = max(1, min(num_stages, SHARED_BYTES // stage_bytes))
     k_per_split = triton.cdiv(triton.cdiv(k, split_k), block_k) * block_k
     even_k = k % (split_k * block_k) == 0 and k_per_split * split_k == k
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
