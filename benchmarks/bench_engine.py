@@ -246,6 +246,8 @@ def print_table(res: dict) -> None:
           f"({t['tokens_per_s']:.1f} tok/s) | baseline {b['image_seconds']:.1f} s "
           f"({b['per_token_ms']:.1f} ms/token) | {b['image_seconds'] / t['seconds']:.2f}x |")
     p, s = res["prefill_x2i"], res["saturation"]
+    print("x2i prefill steps (tokens, ctx, ms):",
+          [(st["tokens"], st["ctx"][:4], st["ms"]) for st in p["steps"]])
     print(f"| x2i prefill | {p['computed_tokens']} tokens | {p['seconds']:.2f} s | "
           f"{p['tflops']:.0f} TFLOP/s | {p['fraction_of_matmul']:.3f} of matmul |")
     print(f"| saturation | {s['images']} images, {s['concurrent_images']} held, "
