@@ -78,7 +78,7 @@ class StorageSection(_Section):
 class EngineSection(_Section):
     kv_blocks: int = Field(4096, ge=1)           # paged-KV blocks per generator replica
     max_waiting: int = Field(256, ge=1)          # queue bound: beyond it RESOURCE_EXHAUSTED
-    max_num_seqs: int = Field(64, ge=1)          # rows per engine step
+    max_num_seqs: int = Field(64, ge=2)          # rows per engine step (a guided request: 2)
     max_batched_tokens: int = Field(2048, ge=1)  # tokens per engine step
     tensor_parallel_size: int = Field(1, ge=1)   # GPUs per generator replica (placement group)
 

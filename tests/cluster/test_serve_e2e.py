@@ -47,8 +47,8 @@ def running_cluster(root: Path, *args: str, env: dict | None = None):
     client = Client(f"127.0.0.1:{port}", default_timeout=120)
     deadline = time.monotonic() + 240
     while True:
-        try:
-            if client.health().ready:
+        try:  # ready: the stages answer, and `emu35 serve` has printed its start-up lines
+            if client.health().ready and "emu35 serving gRPC" in (root / "serve.log").read_text():
                 break
         except Exception:
             pass
