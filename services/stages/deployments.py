@@ -22,7 +22,7 @@ from services.rpc.tracing import start_span
 from services.model.templates import Task
 from services.rpc.validation import Limits, decode_image
 
-from .load import LoadReporter, read_total
+from .load import LoadReporter, board, read_total
 from .settings import StageSettings, check_tensor_parallel
 
 log = logging.getLogger(__name__)
@@ -144,6 +144,7 @@ class GatewayStage:
         self.gateway = Gateway(tok, StageChannel(settings.proxy_target, settings.app_names),
                                make_store(settings.storage), Limits(),
                                Emu35Config.from_file(settings.model).max_position_embeddings)
+        self.board = board()  # generator load, for Health and Info
 
     async def Generate(self, request: api_pb2.GenerateRequest, grpc_context=None):
         try:
@@ -153,7 +154,7 @@ class GatewayStage:
             raise_status(grpc_context, e)
 
     async def Health(self, request: api_pb2.HealthRequest, grpc_context=None):
-        load = await read_total()
+        load = await read_total(self.board)
         serving = load is not None and load.replicas > 0
         stages = {stage: True for stage in self.settings.app_names}
         stages["generator"] = serving
@@ -162,7 +163,7 @@ class GatewayStage:
 
     async def Info(self, request: api_pb2.InfoRequest, grpc_context=None):
         lim = self.gateway.limits
-        load = await read_total()
+        load = await read_total(self.board)
         return api_pb2.InfoResponse(version="0.1.0", tasks=[t.value for t in Task],
                                     max_prompt_chars=lim.max_prompt_chars, max_images=lim.max_images,
                                     max_image_bytes=lim.max_image_bytes,

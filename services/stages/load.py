@@ -57,11 +57,14 @@ class LoadBoard:
             "waiting", "running", "kv_blocks_used", "kv_blocks_total", "max_waiting")))
 
 
+_BoardActor = ray.remote(num_cpus=0, max_restarts=-1)(LoadBoard)
+
+
 def board():
-    """The cluster's board, created by whoever asks first; it outlives the replicas."""
-    return ray.remote(LoadBoard).options(
-        name=BOARD_NAME, namespace=NAMESPACE, get_if_exists=True, lifetime="detached",
-        num_cpus=0).remote()
+    """The cluster's board, created by whoever asks first; it outlives the replicas and is
+    restarted if it dies (the reporters fill it again within REPORT_EVERY_S)."""
+    return _BoardActor.options(name=BOARD_NAME, namespace=NAMESPACE, get_if_exists=True,
+                               lifetime="detached").remote()
 
 
 class LoadReporter:
@@ -86,10 +89,10 @@ class LoadReporter:
         self.board.forget.remote(self.replica)
 
 
-async def read_total(timeout_s: float = 2.0) -> GeneratorLoad | None:
-    """The summed load, or None when the board cannot be reached in time."""
+async def read_total(handle, timeout_s: float = 2.0) -> GeneratorLoad | None:
+    """The summed load from a ``board()`` handle, or None when it cannot be read in time."""
     try:
-        return await asyncio.wait_for(board().total.remote(), timeout_s)
+        return await asyncio.wait_for(handle.total.remote(), timeout_s)
     except Exception:
         log.warning("generator load unavailable", exc_info=True)
         return None
