@@ -19,7 +19,8 @@ Ray Serve binds two gRPC servers to ``[::]`` (every interface) with no option to
 its gRPC proxy (grpc_util.py: ``add_grpc_address(server, f"[::]:{port}")``) and, in every
 replica, the inter-deployment server (replica.py: ``add_port_to_grpc_server(self._server,
 "[::]:0")``). The worker setup hook ``bind_serve_grpc`` (installed through the job's
-runtime_env) rebinds both to the requested host inside every Ray worker process.
+runtime_env) rebinds the proxy to the requested host, and in local mode the replicas' servers
+to loopback, inside every Ray worker process.
 """
 from __future__ import annotations
 
@@ -50,16 +51,20 @@ def keep_ray_on_loopback() -> None:
 
 
 def bind_serve_grpc() -> None:
+    """Worker setup hook: Serve's gRPC proxy on ``$EMU35_GRPC_BIND_HOST``; in local mode the
+    replicas' inter-deployment servers on 127.0.0.1, the node IP other replicas dial."""
     host = os.environ.get(ENV, "127.0.0.1")
     from ray.serve._private import default_impl, replica
 
-    def on_host(address: str) -> str:
+    def on(bind_host: str, address: str) -> str:
         port = address.rsplit(":", 1)[1]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return f"[{bind_host}]:{port}" if ":" in bind_host else f"{bind_host}:{port}"
 
     def add_grpc_address(grpc_server, server_address: str) -> None:
-        grpc_server.add_insecure_port(on_host(server_address))
+        grpc_server.add_insecure_port(on(host, server_address))
 
-    add_port = replica.add_port_to_grpc_server  # keeps Ray's TLS handling (RAY_USE_TLS)
     default_impl.add_grpc_address = add_grpc_address
-    replica.add_port_to_grpc_server = lambda server, address: add_port(server, on_host(address))
+    if is_loopback(host):  # otherwise Ray's default bind stays, matching its node IP
+        add_port = replica.add_port_to_grpc_server  # keeps Ray's TLS handling (RAY_USE_TLS)
+        replica.add_port_to_grpc_server = lambda server, addr: add_port(server,
+                                                                        on("127.0.0.1", addr))
