@@ -2,6 +2,10 @@
 mistakes end in one line naming the field; deployment options per stage (no cluster here)."""
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -92,6 +96,18 @@ def test_mistakes_end_in_one_line_naming_the_field(ckpt_dir, capsys, change, mes
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.startswith("emu35: error: ") and message in err, err
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_the_command_prints_one_line_not_a_traceback(tmp_path):
+    """As a process (`python -m cluster.cli`, how the end-to-end tests start it)."""
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {tiny: t}\nengine: {max_waiting: 0}\n")
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-m", "cluster.cli", "serve", "--config", str(path)],
+                          capture_output=True, text=True, cwd=root, timeout=120)
+    assert done.returncode == 2 and done.stdout == "", done
+    assert done.stderr == ("emu35: error: engine.max_waiting: Input should be greater than or "
+                           "equal to 1\n"), done.stderr
 
 
 @pytest.mark.parametrize("text, message", [
