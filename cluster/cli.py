@@ -206,4 +206,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the package's copy: under `python -m` this file is also loaded as __main__, and the
+    # commands raise cluster.cli.UsageError, which __main__.main would not catch.
+    from cluster.cli import main as package_main
+
+    sys.exit(package_main())

@@ -1,22 +1,70 @@
-"""Keep Ray Serve's gRPC proxy on loopback in local mode.
+"""Local mode listens on loopback only (DESIGN.md §7): Ray's own servers and Serve's proxies.
 
-Ray Serve 2.x binds its gRPC proxy to ``[::]:port`` (every interface) with no option to change
-it; local mode must listen on 127.0.0.1 only. This worker setup hook, installed through the
-job's runtime_env, rebinds the proxy's listening address inside every Ray worker process.
+Ray's internal servers (GCS, raylet node manager and object manager, core-worker RPC in the
+driver and every worker, dashboard agent HTTP/gRPC and metrics export, runtime-env agent,
+autoscaler and dashboard-head metrics) all bind to 127.0.0.1 when, and only when, the node's IP
+address *is* 127.0.0.1; otherwise they bind 0.0.0.0 / [::]. Ray 2.60's C++ servers take
+``listen_to_localhost_only = (node_ip_address == "127.0.0.1")`` (gcs_server.cc,
+core_worker.cc, node_manager.cc -> GrpcServer::Run), and its Python agents pick
+``get_localhost_ip() if is_localhost(node_ip) else <all interfaces>`` (dashboard/agent.py,
+dashboard/head.py, autoscaler/_private/monitor.py, runtime_env/agent/main.py).
+
+But ``ray.init(_node_ip_address="127.0.0.1")`` alone is not enough: ray.init passes it through
+``services.resolve_ip_for_localhost``, which swaps a loopback address for the machine's
+routable IP unless ``ray_constants.ENABLE_RAY_CLUSTER`` is false. That flag comes from
+``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` (default true on Linux); setting it to 0 declares a
+single-node cluster, which local mode is, and then the node IP stays 127.0.0.1.
+
+Ray Serve binds two gRPC servers to ``[::]`` (every interface) with no option to change it:
+its gRPC proxy (grpc_util.py: ``add_grpc_address(server, f"[::]:{port}")``) and, in every
+replica, the inter-deployment server (replica.py: ``add_port_to_grpc_server(self._server,
+"[::]:0")``). The worker setup hook ``bind_serve_grpc`` (installed through the job's
+runtime_env) rebinds the proxy to the requested host, and in local mode the replicas' servers
+to loopback, inside every Ray worker process.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
+import sys
 
 ENV = "EMU35_GRPC_BIND_HOST"
+RAY_SINGLE_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
-def bind_loopback() -> None:
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def keep_ray_on_loopback() -> None:
+    """Make the Ray node started next (ray.init) use 127.0.0.1 as its IP, so every Ray listener
+    binds loopback. Call before ray.init; the variable also reaches Ray's child processes."""
+    os.environ[RAY_SINGLE_NODE_ENV] = "0"
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None:  # ray was imported already: the flag was read at import time
+        constants.ENABLE_RAY_CLUSTER = False
+
+
+def bind_serve_grpc() -> None:
+    """Worker setup hook: Serve's gRPC proxy on ``$EMU35_GRPC_BIND_HOST``; in local mode the
+    replicas' inter-deployment servers on 127.0.0.1, the node IP other replicas dial."""
     host = os.environ.get(ENV, "127.0.0.1")
-    from ray.serve._private import default_impl
+    from ray.serve._private import default_impl, replica
+
+    def on(bind_host: str, address: str) -> str:
+        port = address.rsplit(":", 1)[1]
+        return f"[{bind_host}]:{port}" if ":" in bind_host else f"{bind_host}:{port}"
 
     def add_grpc_address(grpc_server, server_address: str) -> None:
-        port = server_address.rsplit(":", 1)[1]
-        grpc_server.add_insecure_port(f"{host}:{port}")
+        grpc_server.add_insecure_port(on(host, server_address))
 
     default_impl.add_grpc_address = add_grpc_address
+    if is_loopback(host):  # otherwise Ray's default bind stays, matching its node IP
+        add_port = replica.add_port_to_grpc_server  # keeps Ray's TLS handling (RAY_USE_TLS)
+        replica.add_port_to_grpc_server = lambda server, addr: add_port(server,
+                                                                        on("127.0.0.1", addr))

@@ -1,12 +1,15 @@
 """Build the four stage applications and run them on a local Ray (``emu35 serve``)."""
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
 from dataclasses import dataclass, field
 
 from services.stages.settings import APP_NAMES, StageSettings
+
+from .placement import StageScaling, deployment_options
 
 log = logging.getLogger(__name__)
 
@@ -18,15 +21,11 @@ SERVICERS = [
 ]
 
 
-@dataclass(frozen=True)
-class StageScaling:
-    """Replicas and resources of one stage (fractional CPUs in local mode)."""
-
-    min_replicas: int = 1
-    max_replicas: int = 1
-    target_ongoing_requests: float = 8.0
-    num_cpus: float = 0.5
-    num_gpus: float = 0.0
+def default_scaling() -> dict[str, StageScaling]:
+    return {"gateway": StageScaling(num_cpus=0.25),
+            "encoder": StageScaling(num_cpus=0.25, max_ongoing_requests=8),
+            "generator": StageScaling(num_cpus=1.0, target_ongoing_requests=32),
+            "decoder": StageScaling(num_cpus=0.25, max_ongoing_requests=8)}
 
 
 @dataclass(frozen=True)
@@ -35,10 +34,7 @@ class ServeConfig:
     host: str = "127.0.0.1"
     grpc_port: int = 9000
     http_port: int = 8000
-    scaling: dict = field(default_factory=lambda: {
-        "gateway": StageScaling(num_cpus=0.25), "encoder": StageScaling(num_cpus=0.25),
-        "generator": StageScaling(num_cpus=1.0, target_ongoing_requests=32),
-        "decoder": StageScaling(num_cpus=0.25)})
+    scaling: dict = field(default_factory=default_scaling)
 
 
 def build_apps(cfg: ServeConfig) -> dict:
@@ -47,32 +43,26 @@ def build_apps(cfg: ServeConfig) -> dict:
 
     classes = {"gateway": GatewayStage, "encoder": EncoderStage, "generator": GeneratorStage,
                "decoder": DecoderStage}
-    apps = {}
-    for stage, cls in classes.items():
-        sc = cfg.scaling[stage]
-        options = dict(name=stage, ray_actor_options={"num_cpus": sc.num_cpus, "num_gpus": sc.num_gpus})
-        if sc.max_replicas > sc.min_replicas:
-            options["autoscaling_config"] = {"min_replicas": sc.min_replicas,
-                                             "max_replicas": sc.max_replicas,
-                                             "target_ongoing_requests": sc.target_ongoing_requests}
-        else:
-            options["num_replicas"] = sc.min_replicas
-        if stage == "generator":
-            options["max_ongoing_requests"] = max(64, int(sc.target_ongoing_requests * 2))
-        apps[APP_NAMES[stage]] = cls.options(**options).bind(cfg.stages)
-    return apps
+    tp = cfg.stages.tensor_parallel_size
+    return {APP_NAMES[stage]: cls.options(**deployment_options(stage, cfg.scaling[stage], tp))
+            .bind(cfg.stages) for stage, cls in classes.items()}
 
 
 def start(cfg: ServeConfig) -> None:
-    """Start local Ray (loopback only), Serve's proxies and the four applications."""
+    """Start local Ray, Serve's proxies and the four applications. On a loopback host nothing
+    listens beyond loopback (cluster/netbind.py)."""
+    from .netbind import ENV, is_loopback, keep_ray_on_loopback
+
+    local = is_loopback(cfg.host)
+    if local:
+        keep_ray_on_loopback()
     import ray
     from ray import serve
 
-    from .netbind import ENV
-
-    ray.init(include_dashboard=False, _node_ip_address=cfg.host, num_cpus=8,
-             object_store_memory=512 << 20, configure_logging=False, log_to_driver=False,
-             runtime_env={"worker_process_setup_hook": "cluster.netbind.bind_loopback",
+    ray.init(_node_ip_address="127.0.0.1" if local else None, include_dashboard=False,
+             num_cpus=8, object_store_memory=512 << 20, configure_logging=False,
+             log_to_driver=False,
+             runtime_env={"worker_process_setup_hook": "cluster.netbind.bind_serve_grpc",
                           "env_vars": {ENV: cfg.host}})
     serve.start(http_options={"host": cfg.host, "port": cfg.http_port},
                 grpc_options={"port": cfg.grpc_port, "grpc_servicer_functions": SERVICERS})
@@ -84,6 +74,14 @@ def start(cfg: ServeConfig) -> None:
         # by the "application" metadata key).
         serve.run(apps[app_name], name=app_name, route_prefix=f"/{app_name}", blocking=False)
     log.info("emu35 serving on %s:%d (gRPC)", cfg.host, cfg.grpc_port)
+
+
+def replica_states() -> dict:
+    """{application: {deployment: {state: count}}} from Serve's status."""
+    from ray import serve
+
+    return {app: {dep: dict(d.replica_states) for dep, d in a.deployments.items()}
+            for app, a in serve.status().applications.items()}
 
 
 def stop() -> None:
@@ -100,6 +98,7 @@ def serve_forever(cfg: ServeConfig) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
     start(cfg)
+    print(f"emu35 replicas: {json.dumps(replica_states(), sort_keys=True)}", flush=True)
     print(f"emu35 serving gRPC on {cfg.host}:{cfg.grpc_port}; Ctrl-C to stop", flush=True)
     try:
         done.wait()

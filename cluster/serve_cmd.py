@@ -1,69 +1,155 @@
-"""``emu35 serve``: the whole cluster on one machine with one command."""
+"""``emu35 serve``: the whole cluster on one machine with one command.
+
+Settings come from ``--config FILE`` (YAML, cluster/config.py) and flags; a flag given on the
+command line overrides the file's value.
+"""
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from .cli import UsageError
 
+# flag dest -> (section, key) in the config file
+FLAG_FIELDS = {
+    "model": ("model", "path"), "tiny": ("model", "tiny"),
+    "vision_tokenizer": ("model", "vision_tokenizer"), "tokenizer": ("model", "tokenizer"),
+    "device": ("model", "device"), "host": ("server", "host"),
+    "grpc_port": ("server", "grpc_port"), "http_port": ("server", "http_port"),
+    "storage": ("storage", "backend"), "storage_root": ("storage", "root"),
+    "s3_bucket": ("storage", "bucket"), "s3_endpoint": ("storage", "endpoint_url"),
+    "s3_prefix": ("storage", "prefix"), "s3_region": ("storage", "region"),
+    "kv_blocks": ("engine", "kv_blocks"), "max_waiting": ("engine", "max_waiting"),
+    "tensor_parallel_size": ("engine", "tensor_parallel_size"),
+}
+TINY_DIR = ".emu35-tiny"
+
 
 def add_arguments(p) -> None:
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", help="LLM checkpoint directory")
-    src.add_argument("--tiny", metavar="DIR", nargs="?", const=".emu35-tiny",
-                     help="write (once) and serve a tiny random checkpoint in DIR")
-    p.add_argument("--vision-tokenizer", help="IBQ directory (required with --model)")
-    p.add_argument("--tokenizer", help="tokenizer directory (default: --model)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--host", default="127.0.0.1", help="listen address (default loopback only)")
-    p.add_argument("--grpc-port", type=int, default=9000)
-    p.add_argument("--http-port", type=int, default=8000)
-    p.add_argument("--storage", choices=["local", "s3"], default="local")
-    p.add_argument("--storage-root", default="results", help="local storage directory")
-    p.add_argument("--s3-bucket")
-    p.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (default: AWS)")
-    p.add_argument("--s3-prefix", default="")
-    p.add_argument("--s3-region")
-    p.add_argument("--generator-replicas", type=int, default=1, help="generator replicas")
-    p.add_argument("--kv-blocks", type=int, default=4096)
+    # Defaults live in cluster/config.py: a flag left out must not override the file.
+    def arg(*names, group=p, **kw):
+        group.add_argument(*names, default=argparse.SUPPRESS, **kw)
+
+    p.add_argument("--config", metavar="FILE", help="YAML settings (flags override them)")
+    src = p.add_mutually_exclusive_group()
+    arg("--model", group=src, help="LLM checkpoint directory")
+    arg("--tiny", group=src, metavar="DIR", nargs="?", const=TINY_DIR,
+        help="write (once) and serve a tiny random checkpoint in DIR")
+    arg("--vision-tokenizer", help="IBQ directory (required with --model)")
+    arg("--tokenizer", help="tokenizer directory (default: --model)")
+    arg("--device", help="cpu (default), cuda, cuda:N")
+    arg("--host", help="listen address (default 127.0.0.1: loopback only)")
+    arg("--grpc-port", type=int, help="public gRPC port (default 9000)")
+    arg("--http-port", type=int, help="Serve's HTTP proxy port (default 8000)")
+    arg("--storage", choices=["local", "s3"])
+    arg("--storage-root", help="local storage directory (default ./results)")
+    arg("--s3-bucket")
+    arg("--s3-endpoint", help="S3-compatible endpoint URL (default: AWS)")
+    arg("--s3-prefix")
+    arg("--s3-region")
+    arg("--generator-replicas", type=int, help="generator replicas (fixed)")
+    arg("--kv-blocks", type=int, help="paged-KV blocks per generator replica")
+    arg("--max-waiting", type=int, help="generator queue bound (RESOURCE_EXHAUSTED beyond it)")
+    arg("--tensor-parallel-size", type=int, help="GPUs per generator replica")
+
+
+def settings_from_args(args) -> dict:
+    """The config file's settings with the given flags laid over them."""
+    from .config import merge, read_file
+
+    data = read_file(args.config) if getattr(args, "config", None) else {}
+    given = vars(args)
+    if {"model", "tiny"} & given.keys() and isinstance(data.get("model"), dict):
+        data["model"] = {k: v for k, v in data["model"].items() if k not in ("path", "tiny")}
+    flags: dict = {}
+    for dest, (section, key) in FLAG_FIELDS.items():
+        if dest in given:
+            flags.setdefault(section, {})[key] = given[dest]
+    if "generator_replicas" in given:
+        n = given["generator_replicas"]
+        flags["stages"] = {"generator": {"min_replicas": n, "max_replicas": n}}
+    return merge(data, flags)
 
 
 def config_from_args(args):
-    from services.stages.settings import StageSettings
-    from services.storage import StorageSettings
+    """Validated settings -> ServeConfig; a tiny checkpoint is written on first use."""
+    from .config import ConfigError, validate
 
+    try:
+        return serve_config(validate(settings_from_args(args)))
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
+
+
+def serve_config(f):
+    """config.ServeFile -> serve.ServeConfig (checkpoint directories checked)."""
+    from services.stages.settings import StageSettings, check_tensor_parallel
+
+    from .placement import StageScaling
     from .serve import ServeConfig
 
-    if args.tiny:
+    try:
+        check_tensor_parallel(f.engine.tensor_parallel_size)
+    except ValueError as e:
+        raise UsageError(f"engine.{e}") from None
+    model, vq = _checkpoint_dirs(f.model)
+    e, server = f.engine, f.server
+    stages = StageSettings(
+        model=str(model), vision_tokenizer=str(vq), tokenizer=f.model.tokenizer,
+        device=f.model.device, kv_blocks=e.kv_blocks, max_waiting=e.max_waiting,
+        max_num_seqs=e.max_num_seqs, max_batched_tokens=e.max_batched_tokens,
+        tensor_parallel_size=e.tensor_parallel_size,
+        proxy_target=f"{_reachable(server.host)}:{server.grpc_port}", storage=_storage(f.storage))
+    scaling = {}
+    for name in ("gateway", "encoder", "generator", "decoder"):
+        s = getattr(f.stages, name)
+        scaling[name] = StageScaling(
+            min_replicas=s.min_replicas, max_replicas=s.max_replicas or s.min_replicas,
+            target_ongoing_requests=s.target_ongoing_requests,
+            max_ongoing_requests=s.max_ongoing_requests, num_cpus=s.num_cpus, num_gpus=s.num_gpus)
+    return ServeConfig(stages=stages, host=server.host, grpc_port=server.grpc_port,
+                       http_port=server.http_port, scaling=scaling)
+
+
+def _checkpoint_dirs(m) -> tuple[Path, Path]:
+    if m.tiny is not None:
         from services.model.tiny import write_tiny_checkpoint
-        root = Path(args.tiny)
+        root = Path(m.tiny)
         if not (root / "llm" / "config.json").is_file():
             write_tiny_checkpoint(root)
         model, vq = root / "llm", root / "vision_tokenizer"
     else:
-        if not args.vision_tokenizer:
-            raise UsageError("--vision-tokenizer: required with --model")
-        model, vq = Path(args.model), Path(args.vision_tokenizer)
-    for flag, path in (("--model", model), ("--vision-tokenizer", vq)):
+        model, vq = Path(m.path), Path(m.vision_tokenizer)
+    for field, path in (("model.path (--model)", model),
+                        ("model.vision_tokenizer (--vision-tokenizer)", vq)):
         if not path.is_dir():
-            raise UsageError(f"{flag}: not a directory: {path}")
-    if args.storage == "s3":
-        if not args.s3_bucket:
-            raise UsageError("--s3-bucket: required with --storage s3")
-        storage = StorageSettings(backend="s3", bucket=args.s3_bucket, endpoint_url=args.s3_endpoint,
-                                  prefix=args.s3_prefix, region=args.s3_region)
-    else:
-        storage = StorageSettings(backend="local", root=str(Path(args.storage_root).resolve()))
-    stages = StageSettings(model=str(model.resolve()), vision_tokenizer=str(vq.resolve()),
-                           tokenizer=args.tokenizer, device=args.device, kv_blocks=args.kv_blocks,
-                           proxy_target=f"127.0.0.1:{args.grpc_port}", storage=storage)
-    cfg = ServeConfig(stages=stages, host=args.host, grpc_port=args.grpc_port,
-                      http_port=args.http_port)
-    if args.generator_replicas != 1:
-        import dataclasses
-        gen = dataclasses.replace(cfg.scaling["generator"], min_replicas=args.generator_replicas,
-                                  max_replicas=args.generator_replicas)
-        cfg = dataclasses.replace(cfg, scaling={**cfg.scaling, "generator": gen})
-    return cfg
+            raise UsageError(f"{field}: not a directory: {path}")
+    return model.resolve(), vq.resolve()
+
+
+def _storage(s):
+    from pydantic import ValidationError
+
+    from services.storage import StorageSettings
+
+    from .config import describe
+
+    try:
+        if s.backend == "s3":  # credentials: boto3's chain (AWS_*) or EMU35_STORAGE_* env
+            return StorageSettings(backend="s3", bucket=s.bucket, endpoint_url=s.endpoint_url,
+                                   prefix=s.prefix, region=s.region)
+        return StorageSettings(backend="local", root=str(Path(s.root).resolve()))
+    except ValidationError as e:
+        raise UsageError(describe(e, "storage")) from None
+
+
+def _reachable(host: str) -> str:
+    """Where stages reach Serve's gRPC proxy: the listen address, or loopback for wildcards."""
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
 
 
 def run(args) -> None:

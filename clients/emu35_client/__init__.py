@@ -27,6 +27,7 @@ from .errors import (
     Unavailable,
 )
 from .types import (
+    EngineLoad,
     Event,
     Finished,
     Guidance,
@@ -51,6 +52,7 @@ __all__ = [
     "Client",
     "DeadlineExceeded",
     "Emu35Error",
+    "EngineLoad",
     "Event",
     "EventStream",
     "Finished",

@@ -134,7 +134,9 @@ def _cmd_generate(args, stdout: TextIO, stderr: TextIO) -> int:
 def _cmd_health(args, stdout: TextIO, stderr: TextIO) -> int:
     with _client(args) as client:
         health = client.health()
-    stdout.write(json.dumps({"ready": health.ready, "stages": dict(health.stages)}) + "\n")
+    load = asdict(health.load) if health.load is not None else None
+    stdout.write(json.dumps({"ready": health.ready, "stages": dict(health.stages),
+                             "load": load}) + "\n")
     return 0 if health.ready else 1
 
 

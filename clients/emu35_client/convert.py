@@ -14,6 +14,7 @@ from emu35_proto.v1 import api_pb2, common_pb2
 
 from .errors import InvalidArgument
 from .types import (
+    EngineLoad,
     Event,
     Finished,
     Guidance,
@@ -244,13 +245,21 @@ def usage_from_pb(pb: common_pb2.Usage) -> Usage:
 
 
 def health_from_pb(pb: api_pb2.HealthResponse) -> Health:
-    return Health(ready=pb.ready, stages=dict(sorted(pb.stages.items())))
+    return Health(ready=pb.ready, stages=dict(sorted(pb.stages.items())),
+                  load=load_from_pb(pb.load) if pb.HasField("load") else None)
 
 
 def info_from_pb(pb: api_pb2.InfoResponse) -> ServerInfo:
     return ServerInfo(version=pb.version, tasks=tuple(pb.tasks),
                       max_prompt_chars=pb.max_prompt_chars, max_images=pb.max_images,
-                      max_image_bytes=pb.max_image_bytes, context_length=pb.context_length)
+                      max_image_bytes=pb.max_image_bytes, context_length=pb.context_length,
+                      load=load_from_pb(pb.load) if pb.HasField("load") else None)
+
+
+def load_from_pb(pb: api_pb2.EngineLoad) -> EngineLoad:
+    return EngineLoad(replicas=pb.replicas, waiting=pb.waiting, running=pb.running,
+                      kv_blocks_used=pb.kv_blocks_used, kv_blocks_total=pb.kv_blocks_total,
+                      max_waiting=pb.max_waiting)
 
 
 def models_from_pb(pb: api_pb2.ListModelsResponse) -> tuple[ModelInfo, ...]:

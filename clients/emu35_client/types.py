@@ -102,11 +102,24 @@ Event = TextDelta | ImageStarted | ImageProgress | ImageReady | Finished
 
 
 @dataclass(frozen=True)
+class EngineLoad:
+    """The generator's load now, summed over its replicas."""
+
+    replicas: int          # generator replicas reporting
+    waiting: int           # requests queued, not admitted yet
+    running: int           # requests generating
+    kv_blocks_used: int    # paged-KV blocks held by running requests
+    kv_blocks_total: int   # paged-KV blocks of all replicas
+    max_waiting: int       # queue bound: beyond it Generate raises ResourceExhausted
+
+
+@dataclass(frozen=True)
 class Health:
-    """Readiness of the gateway and of each stage behind it."""
+    """Readiness of the gateway and of each stage behind it, and the generator's load."""
 
     ready: bool
     stages: Mapping[str, bool] = field(default_factory=dict)
+    load: EngineLoad | None = None  # None: the server could not read it (or is older)
 
 
 @dataclass(frozen=True)
@@ -119,6 +132,7 @@ class ServerInfo:
     max_images: int
     max_image_bytes: int
     context_length: int
+    load: EngineLoad | None = None  # None: the server could not read it (or is older)
 
 
 @dataclass(frozen=True)

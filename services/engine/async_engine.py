@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from .engine import Engine
 from .events import Event, Finished, Usage
 from .request import GenerationRequest
+from .scheduler import EngineLoad
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ class AsyncEngine:
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self._wake = threading.Event()
         self._stop = False
+        self.load: EngineLoad = engine.scheduler.load()  # refreshed by the engine thread
         self._thread = threading.Thread(target=self._loop, name="emu35-engine", daemon=True)
         self._thread.start()
 
@@ -57,6 +59,7 @@ class AsyncEngine:
     def _loop(self) -> None:
         while not self._stop:
             self._drain_commands()
+            self.load = self.engine.scheduler.load()  # after aborts and each step
             if not self.engine.has_work():
                 self._wake.wait(timeout=0.5)
                 self._wake.clear()

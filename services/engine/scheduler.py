@@ -43,6 +43,17 @@ class StepPlan:
         return sum(c.length for c in self.chunks)
 
 
+@dataclass(frozen=True)
+class EngineLoad:
+    """A snapshot of the scheduler's load (what Health/Info report, summed over replicas)."""
+
+    waiting: int          # groups queued, not admitted yet
+    running: int          # groups admitted (generating)
+    kv_blocks_used: int   # blocks held by running groups (cached free blocks do not count)
+    kv_blocks_total: int
+    max_waiting: int      # the queue bound: beyond it add() raises QueueFull
+
+
 class QueueFull(RuntimeError):
     """The waiting queue is at its bound."""
 
@@ -62,6 +73,10 @@ class Scheduler:
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
+
+    def load(self) -> EngineLoad:
+        return EngineLoad(len(self.waiting), len(self.running), self.pool.num_used,
+                          self.pool.num_blocks, self.config.max_waiting)
 
     def free(self, group: GuidanceGroup) -> None:
         """Release every block of the group now (finish, abort, preemption)."""

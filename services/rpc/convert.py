@@ -111,3 +111,10 @@ def generator_event_to_pb(e) -> stages_pb2.GeneratorEvent:
             reason=REASONS[e.reason], usage=usage_to_pb(e.usage), token_ids=e.token_ids,
             incomplete_image=e.incomplete_image))
     raise TypeError(f"not an engine event: {e!r}")
+
+
+def engine_load_to_pb(load) -> api_pb2.EngineLoad:
+    """services.stages.load.GeneratorLoad -> the public EngineLoad."""
+    return api_pb2.EngineLoad(replicas=load.replicas, waiting=load.waiting, running=load.running,
+                              kv_blocks_used=load.kv_blocks_used,
+                              kv_blocks_total=load.kv_blocks_total, max_waiting=load.max_waiting)

@@ -14,14 +14,16 @@ import grpc
 from ray import serve
 
 from emu35_proto.v1 import api_pb2, stages_pb2, stages_pb2_grpc
-from services.rpc.convert import codes_from_pb, codes_to_pb, generator_event_to_pb, generator_request_from_pb
+from services.rpc.convert import (codes_from_pb, codes_to_pb, engine_load_to_pb,
+                                  generator_event_to_pb, generator_request_from_pb)
 from services.rpc.errors import apply_status
 from services.rpc.gateway import Gateway, StageClients
 from services.rpc.tracing import start_span
 from services.model.templates import Task
 from services.rpc.validation import Limits, decode_image
 
-from .settings import StageSettings
+from .load import LoadReporter, board, read_total
+from .settings import StageSettings, check_tensor_parallel
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +78,19 @@ class GeneratorStage:
         from services.engine.engine import Engine, EngineConfig
         from services.engine.scheduler import SchedulerConfig
         from services.model.loader import load_checkpoint
+        check_tensor_parallel(settings.tensor_parallel_size)
         model, tok = load_checkpoint(settings.model, device=settings.device,
                                      tokenizer_dir=settings.tokenizer)
-        sched = SchedulerConfig(num_blocks=settings.kv_blocks, max_waiting=settings.max_waiting)
+        sched = SchedulerConfig(num_blocks=settings.kv_blocks, max_waiting=settings.max_waiting,
+                                max_num_seqs=settings.max_num_seqs,
+                                max_batched_tokens=settings.max_batched_tokens)
         self.engine = AsyncEngine(Engine(model, tok, EngineConfig(sched)))
+        self.reporter = LoadReporter(lambda: self.engine.load)
+
+    def __del__(self):  # Serve stops the replica (scale down, shutdown): leave the board now
+        reporter = getattr(self, "reporter", None)
+        if reporter is not None:
+            reporter.stop()
 
     async def Generate(self, request: stages_pb2.GeneratorRequest, grpc_context=None):
         span = start_span("generator.Generate", _trace_metadata(grpc_context),
@@ -133,6 +144,7 @@ class GatewayStage:
         self.gateway = Gateway(tok, StageChannel(settings.proxy_target, settings.app_names),
                                make_store(settings.storage), Limits(),
                                Emu35Config.from_file(settings.model).max_position_embeddings)
+        self.board = board()  # generator load, for Health and Info
 
     async def Generate(self, request: api_pb2.GenerateRequest, grpc_context=None):
         try:
@@ -142,14 +154,21 @@ class GatewayStage:
             raise_status(grpc_context, e)
 
     async def Health(self, request: api_pb2.HealthRequest, grpc_context=None):
-        return api_pb2.HealthResponse(ready=True, stages={n: True for n in self.settings.app_names})
+        load = await read_total(self.board)
+        serving = load is not None and load.replicas > 0
+        stages = {stage: True for stage in self.settings.app_names}
+        stages["generator"] = serving
+        return api_pb2.HealthResponse(ready=serving, stages=stages,
+                                      load=engine_load_to_pb(load) if load else None)
 
     async def Info(self, request: api_pb2.InfoRequest, grpc_context=None):
         lim = self.gateway.limits
+        load = await read_total(self.board)
         return api_pb2.InfoResponse(version="0.1.0", tasks=[t.value for t in Task],
                                     max_prompt_chars=lim.max_prompt_chars, max_images=lim.max_images,
                                     max_image_bytes=lim.max_image_bytes,
-                                    context_length=self.gateway.context_length)
+                                    context_length=self.gateway.context_length,
+                                    load=engine_load_to_pb(load) if load else None)
 
     async def ListModels(self, request: api_pb2.ListModelsRequest, grpc_context=None):
         return api_pb2.ListModelsResponse(models=[api_pb2.ModelInfo(

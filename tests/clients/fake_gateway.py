@@ -58,7 +58,9 @@ class FakeGateway(api_pb2_grpc.Emu35Servicer):
     def Health(self, request, context):
         self._unary(context)
         return api_pb2.HealthResponse(ready=self.ready, stages={
-            "encoder": True, "generator": self.ready, "decoder": True})
+            "encoder": True, "generator": self.ready, "decoder": True}, load=api_pb2.EngineLoad(
+                replicas=2, waiting=1, running=3, kv_blocks_used=40, kv_blocks_total=8192,
+                max_waiting=512))
 
     def Info(self, request, context):
         self._unary(context)

@@ -11,6 +11,7 @@ from emu35_client import (
     Client,
     DeadlineExceeded,
     Emu35Error,
+    EngineLoad,
     Finished,
     ImageProgress,
     ImageReady,
@@ -185,6 +186,9 @@ def test_health_info_models(client):
     health = client.health()
     assert health.ready and dict(health.stages) == {"decoder": True, "encoder": True,
                                                     "generator": True}
+    assert health.load == EngineLoad(replicas=2, waiting=1, running=3, kv_blocks_used=40,
+                                     kv_blocks_total=8192, max_waiting=512)
     info = client.info()
     assert (info.version, info.tasks, info.max_images) == ("0.1.0-fake", ("t2i", "x2i", "howto"), 3)
+    assert info.load is None  # a server that sends no load
     assert [m.name for m in client.list_models()] == ["emu3.5", "emu3.5-image"]

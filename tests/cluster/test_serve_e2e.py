@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -46,8 +47,8 @@ def running_cluster(root: Path, *args: str, env: dict | None = None):
     client = Client(f"127.0.0.1:{port}", default_timeout=120)
     deadline = time.monotonic() + 240
     while True:
-        try:
-            if client.health().ready:
+        try:  # ready: the stages answer, and `emu35 serve` has printed its start-up lines
+            if client.health().ready and "emu35 serving gRPC" in (root / "serve.log").read_text():
                 break
         except Exception:
             pass
@@ -147,13 +148,48 @@ def test_bad_input_is_invalid_argument_naming_the_field(cluster, kw, field):
     assert field in exc.value.details and "Traceback" not in exc.value.details
 
 
-def test_public_ports_listen_on_loopback_only(cluster):
-    ports = {cluster["port"], cluster["http"]}
-    out = subprocess.run(["ss", "-ltnH"], capture_output=True, text=True).stdout
-    listeners = [line.split()[3] for line in out.splitlines()]
-    ours = [addr for addr in listeners if int(addr.rsplit(":", 1)[1]) in ports]
-    assert ours, listeners
-    assert all(a.startswith(("127.0.0.1:", "[::ffff:127.0.0.1]:", "[::1]:")) for a in ours), ours
+def test_every_listener_of_the_cluster_is_on_loopback(cluster):
+    """Not only the public ports: Ray's own servers (GCS, raylet, core workers, agents,
+    metrics export) listen on loopback too in local mode (cluster/netbind.py)."""
+    ours = _descendants(cluster["proc"].pid)
+    listeners = [(addr, name) for addr, pid, name in _tcp_listeners() if pid in ours]
+    names = {name for _, name in listeners}
+    ports = {int(addr.rsplit(":", 1)[1]) for addr, _ in listeners}
+    assert {cluster["port"], cluster["http"]} <= ports, listeners
+    assert {"gcs_server", "raylet"} <= names and len(listeners) >= 8, listeners  # Ray's own
+    public = [(a, n) for a, n in listeners if not a.startswith(LOOPBACK)]
+    assert not public, public
+
+
+LOOPBACK = ("127.0.0.1:", "[::ffff:127.0.0.1]:", "[::1]:")
+
+
+def _tcp_listeners() -> list[tuple[str, int, str]]:
+    """(local address, pid, process name) of every listening TCP socket (``ss -ltnpH``)."""
+    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
+    found = []
+    for line in out.splitlines():
+        addr = line.split()[3]
+        for name, pid in re.findall(r'\("([^"]*)",pid=(\d+)', line):
+            found.append((addr, int(pid), name))
+    return found
+
+
+def _descendants(root: int) -> set[int]:
+    """root and every process below it (from /proc/*/stat parent ids)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended meanwhile
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        found.add(pid)
+        todo.extend(children.get(pid, []))
+    return found
 
 
 def test_one_trace_joins_every_stage(cluster):

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from emu35_proto.v1 import common_pb2 as emu35__proto_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x65mu35_proto/v1/api.proto\x12\x08\x65mu35.v1\x1a\x1b\x65mu35_proto/v1/common.proto\"\x1a\n\nInputImage\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\xc6\x03\n\x0fGenerateRequest\x12\x1c\n\x04task\x18\x01 \x01(\x0e\x32\x0e.emu35.v1.Task\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12$\n\x06images\x18\x03 \x03(\x0b\x32\x14.emu35.v1.InputImage\x12!\n\x04size\x18\x04 \x01(\x0b\x32\x13.emu35.v1.ImageSize\x12/\n\rtext_sampling\x18\x05 \x01(\x0b\x32\x18.emu35.v1.SamplingParams\x12\x30\n\x0eimage_sampling\x18\x06 \x01(\x0b\x32\x18.emu35.v1.SamplingParams\x12$\n\x08guidance\x18\x07 \x01(\x0b\x32\x12.emu35.v1.Guidance\x12)\n\x0b\x64\x65\x63ode_mode\x18\x08 \x01(\x0e\x32\x14.emu35.v1.DecodeMode\x12\x11\n\x04seed\x18\t \x01(\x03H\x00\x88\x01\x01\x12\x1b\n\x0emax_new_tokens\x18\n \x01(\x05H\x01\x88\x01\x01\x12\x19\n\x11stop_at_image_end\x18\x0b \x01(\x08\x12\x12\n\nrequest_id\x18\x0c \x01(\t\x12\r\n\x05model\x18\r \x01(\tB\x07\n\x05_seedB\x11\n\x0f_max_new_tokens\"*\n\tTextDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\"@\n\x0cImageStarted\x12\r\n\x05index\x18\x01 \x01(\x05\x12!\n\x04grid\x18\x02 \x01(\x0b\x32\x13.emu35.v1.ImageGrid\"E\n\rImageProgress\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x11\n\trows_done\x18\x02 \x01(\x05\x12\x12\n\nrows_total\x18\x03 \x01(\x05\"?\n\nImageReady\x12\r\n\x05index\x18\x01 \x01(\x05\x12\"\n\x05image\x18\x02 \x01(\x0b\x32\x13.emu35.v1.ResultRef\"\xc5\x01\n\x08\x46inished\x12&\n\x06reason\x18\x01 \x01(\x0e\x32\x16.emu35.v1.FinishReason\x12\x1e\n\x05usage\x18\x02 \x01(\x0b\x32\x0f.emu35.v1.Usage\x12\"\n\x05story\x18\x03 \x01(\x0b\x32\x13.emu35.v1.ResultRef\x12%\n\x08manifest\x18\x04 \x01(\x0b\x32\x13.emu35.v1.ResultRef\x12\x18\n\x10incomplete_image\x18\x05 \x01(\x08\x12\x0c\n\x04seed\x18\x06 \x01(\x03\"\x8a\x02\n\rGenerateEvent\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12#\n\x04text\x18\x02 \x01(\x0b\x32\x13.emu35.v1.TextDeltaH\x00\x12/\n\rimage_started\x18\x03 \x01(\x0b\x32\x16.emu35.v1.ImageStartedH\x00\x12\x31\n\x0eimage_progress\x18\x04 \x01(\x0b\x32\x17.emu35.v1.ImageProgressH\x00\x12+\n\x0bimage_ready\x18\x05 \x01(\x0b\x32\x14.emu35.v1.ImageReadyH\x00\x12&\n\x08\x66inished\x18\x06 \x01(\x0b\x32\x12.emu35.v1.FinishedH\x00\x42\x07\n\x05\x65vent\"\x0f\n\rHealthRequest\"\x84\x01\n\x0eHealthResponse\x12\r\n\x05ready\x18\x01 \x01(\x08\x12\x34\n\x06stages\x18\x02 \x03(\x0b\x32$.emu35.v1.HealthResponse.StagesEntry\x1a-\n\x0bStagesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x08:\x02\x38\x01\"\r\n\x0bInfoRequest\"\x8d\x01\n\x0cInfoResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\r\n\x05tasks\x18\x02 \x03(\t\x12\x18\n\x10max_prompt_chars\x18\x03 \x01(\x05\x12\x12\n\nmax_images\x18\x04 \x01(\x05\x12\x17\n\x0fmax_image_bytes\x18\x05 \x01(\x03\x12\x16\n\x0e\x63ontext_length\x18\x06 \x01(\x05\"\x13\n\x11ListModelsRequest\"A\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ncheckpoint\x18\x02 \x01(\t\x12\x12\n\nvocab_size\x18\x03 \x01(\x03\"9\n\x12ListModelsResponse\x12#\n\x06models\x18\x01 \x03(\x0b\x32\x13.emu35.v1.ModelInfo*G\n\nDecodeMode\x12\x1b\n\x17\x44\x45\x43ODE_MODE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x41UTOREGRESSIVE\x10\x01\x12\x08\n\x04\x44IDA\x10\x02\x32\x86\x02\n\x05\x45mu35\x12@\n\x08Generate\x12\x19.emu35.v1.GenerateRequest\x1a\x17.emu35.v1.GenerateEvent0\x01\x12;\n\x06Health\x12\x17.emu35.v1.HealthRequest\x1a\x18.emu35.v1.HealthResponse\x12\x35\n\x04Info\x12\x15.emu35.v1.InfoRequest\x1a\x16.emu35.v1.InfoResponse\x12G\n\nListModels\x12\x1b.emu35.v1.ListModelsRequest\x1a\x1c.emu35.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x65mu35_proto/v1/api.proto\x12\x08\x65mu35.v1\x1a\x1b\x65mu35_proto/v1/common.proto\"\x1a\n\nInputImage\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\xc6\x03\n\x0fGenerateRequest\x12\x1c\n\x04task\x18\x01 \x01(\x0e\x32\x0e.emu35.v1.Task\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12$\n\x06images\x18\x03 \x03(\x0b\x32\x14.emu35.v1.InputImage\x12!\n\x04size\x18\x04 \x01(\x0b\x32\x13.emu35.v1.ImageSize\x12/\n\rtext_sampling\x18\x05 \x01(\x0b\x32\x18.emu35.v1.SamplingParams\x12\x30\n\x0eimage_sampling\x18\x06 \x01(\x0b\x32\x18.emu35.v1.SamplingParams\x12$\n\x08guidance\x18\x07 \x01(\x0b\x32\x12.emu35.v1.Guidance\x12)\n\x0b\x64\x65\x63ode_mode\x18\x08 \x01(\x0e\x32\x14.emu35.v1.DecodeMode\x12\x11\n\x04seed\x18\t \x01(\x03H\x00\x88\x01\x01\x12\x1b\n\x0emax_new_tokens\x18\n \x01(\x05H\x01\x88\x01\x01\x12\x19\n\x11stop_at_image_end\x18\x0b \x01(\x08\x12\x12\n\nrequest_id\x18\x0c \x01(\t\x12\r\n\x05model\x18\r \x01(\tB\x07\n\x05_seedB\x11\n\x0f_max_new_tokens\"*\n\tTextDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\"@\n\x0cImageStarted\x12\r\n\x05index\x18\x01 \x01(\x05\x12!\n\x04grid\x18\x02 \x01(\x0b\x32\x13.emu35.v1.ImageGrid\"E\n\rImageProgress\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x11\n\trows_done\x18\x02 \x01(\x05\x12\x12\n\nrows_total\x18\x03 \x01(\x05\"?\n\nImageReady\x12\r\n\x05index\x18\x01 \x01(\x05\x12\"\n\x05image\x18\x02 \x01(\x0b\x32\x13.emu35.v1.ResultRef\"\xc5\x01\n\x08\x46inished\x12&\n\x06reason\x18\x01 \x01(\x0e\x32\x16.emu35.v1.FinishReason\x12\x1e\n\x05usage\x18\x02 \x01(\x0b\x32\x0f.emu35.v1.Usage\x12\"\n\x05story\x18\x03 \x01(\x0b\x32\x13.emu35.v1.ResultRef\x12%\n\x08manifest\x18\x04 \x01(\x0b\x32\x13.emu35.v1.ResultRef\x12\x18\n\x10incomplete_image\x18\x05 \x01(\x08\x12\x0c\n\x04seed\x18\x06 \x01(\x03\"\x8a\x02\n\rGenerateEvent\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12#\n\x04text\x18\x02 \x01(\x0b\x32\x13.emu35.v1.TextDeltaH\x00\x12/\n\rimage_started\x18\x03 \x01(\x0b\x32\x16.emu35.v1.ImageStartedH\x00\x12\x31\n\x0eimage_progress\x18\x04 \x01(\x0b\x32\x17.emu35.v1.ImageProgressH\x00\x12+\n\x0bimage_ready\x18\x05 \x01(\x0b\x32\x14.emu35.v1.ImageReadyH\x00\x12&\n\x08\x66inished\x18\x06 \x01(\x0b\x32\x12.emu35.v1.FinishedH\x00\x42\x07\n\x05\x65vent\"\x86\x01\n\nEngineLoad\x12\x10\n\x08replicas\x18\x01 \x01(\x05\x12\x0f\n\x07waiting\x18\x02 \x01(\x05\x12\x0f\n\x07running\x18\x03 \x01(\x05\x12\x16\n\x0ekv_blocks_used\x18\x04 \x01(\x03\x12\x17\n\x0fkv_blocks_total\x18\x05 \x01(\x03\x12\x13\n\x0bmax_waiting\x18\x06 \x01(\x05\"\x0f\n\rHealthRequest\"\xa8\x01\n\x0eHealthResponse\x12\r\n\x05ready\x18\x01 \x01(\x08\x12\x34\n\x06stages\x18\x02 \x03(\x0b\x32$.emu35.v1.HealthResponse.StagesEntry\x12\"\n\x04load\x18\x03 \x01(\x0b\x32\x14.emu35.v1.EngineLoad\x1a-\n\x0bStagesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x08:\x02\x38\x01\"\r\n\x0bInfoRequest\"\xb1\x01\n\x0cInfoResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\r\n\x05tasks\x18\x02 \x03(\t\x12\x18\n\x10max_prompt_chars\x18\x03 \x01(\x05\x12\x12\n\nmax_images\x18\x04 \x01(\x05\x12\x17\n\x0fmax_image_bytes\x18\x05 \x01(\x03\x12\x16\n\x0e\x63ontext_length\x18\x06 \x01(\x05\x12\"\n\x04load\x18\x07 \x01(\x0b\x32\x14.emu35.v1.EngineLoad\"\x13\n\x11ListModelsRequest\"A\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ncheckpoint\x18\x02 \x01(\t\x12\x12\n\nvocab_size\x18\x03 \x01(\x03\"9\n\x12ListModelsResponse\x12#\n\x06models\x18\x01 \x03(\x0b\x32\x13.emu35.v1.ModelInfo*G\n\nDecodeMode\x12\x1b\n\x17\x44\x45\x43ODE_MODE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x41UTOREGRESSIVE\x10\x01\x12\x08\n\x04\x44IDA\x10\x02\x32\x86\x02\n\x05\x45mu35\x12@\n\x08Generate\x12\x19.emu35.v1.GenerateRequest\x1a\x17.emu35.v1.GenerateEvent0\x01\x12;\n\x06Health\x12\x17.emu35.v1.HealthRequest\x1a\x18.emu35.v1.HealthResponse\x12\x35\n\x04Info\x12\x15.emu35.v1.InfoRequest\x1a\x16.emu35.v1.InfoResponse\x12G\n\nListModels\x12\x1b.emu35.v1.ListModelsRequest\x1a\x1c.emu35.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,8 +34,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_HEALTHRESPONSE_STAGESENTRY']._loaded_options = None
   _globals['_HEALTHRESPONSE_STAGESENTRY']._serialized_options = b'8\001'
-  _globals['_DECODEMODE']._serialized_start=1725
-  _globals['_DECODEMODE']._serialized_end=1796
+  _globals['_DECODEMODE']._serialized_start=1934
+  _globals['_DECODEMODE']._serialized_end=2005
   _globals['_INPUTIMAGE']._serialized_start=67
   _globals['_INPUTIMAGE']._serialized_end=93
   _globals['_GENERATEREQUEST']._serialized_start=96
@@ -52,22 +52,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FINISHED']._serialized_end=996
   _globals['_GENERATEEVENT']._serialized_start=999
   _globals['_GENERATEEVENT']._serialized_end=1265
-  _globals['_HEALTHREQUEST']._serialized_start=1267
-  _globals['_HEALTHREQUEST']._serialized_end=1282
-  _globals['_HEALTHRESPONSE']._serialized_start=1285
-  _globals['_HEALTHRESPONSE']._serialized_end=1417
-  _globals['_HEALTHRESPONSE_STAGESENTRY']._serialized_start=1372
-  _globals['_HEALTHRESPONSE_STAGESENTRY']._serialized_end=1417
-  _globals['_INFOREQUEST']._serialized_start=1419
-  _globals['_INFOREQUEST']._serialized_end=1432
-  _globals['_INFORESPONSE']._serialized_start=1435
-  _globals['_INFORESPONSE']._serialized_end=1576
-  _globals['_LISTMODELSREQUEST']._serialized_start=1578
-  _globals['_LISTMODELSREQUEST']._serialized_end=1597
-  _globals['_MODELINFO']._serialized_start=1599
-  _globals['_MODELINFO']._serialized_end=1664
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1666
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1723
-  _globals['_EMU35']._serialized_start=1799
-  _globals['_EMU35']._serialized_end=2061
+  _globals['_ENGINELOAD']._serialized_start=1268
+  _globals['_ENGINELOAD']._serialized_end=1402
+  _globals['_HEALTHREQUEST']._serialized_start=1404
+  _globals['_HEALTHREQUEST']._serialized_end=1419
+  _globals['_HEALTHRESPONSE']._serialized_start=1422
+  _globals['_HEALTHRESPONSE']._serialized_end=1590
+  _globals['_HEALTHRESPONSE_STAGESENTRY']._serialized_start=1545
+  _globals['_HEALTHRESPONSE_STAGESENTRY']._serialized_end=1590
+  _globals['_INFOREQUEST']._serialized_start=1592
+  _globals['_INFOREQUEST']._serialized_end=1605
+  _globals['_INFORESPONSE']._serialized_start=1608
+  _globals['_INFORESPONSE']._serialized_end=1785
+  _globals['_LISTMODELSREQUEST']._serialized_start=1787
+  _globals['_LISTMODELSREQUEST']._serialized_end=1806
+  _globals['_MODELINFO']._serialized_start=1808
+  _globals['_MODELINFO']._serialized_end=1873
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1875
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1932
+  _globals['_EMU35']._serialized_start=2008
+  _globals['_EMU35']._serialized_end=2270
 # @@protoc_insertion_point(module_scope)

@@ -119,12 +119,28 @@ class GenerateEvent(_message.Message):
     finished: Finished
     def __init__(self, request_id: _Optional[str] = ..., text: _Optional[_Union[TextDelta, _Mapping]] = ..., image_started: _Optional[_Union[ImageStarted, _Mapping]] = ..., image_progress: _Optional[_Union[ImageProgress, _Mapping]] = ..., image_ready: _Optional[_Union[ImageReady, _Mapping]] = ..., finished: _Optional[_Union[Finished, _Mapping]] = ...) -> None: ...
 
+class EngineLoad(_message.Message):
+    __slots__ = ("replicas", "waiting", "running", "kv_blocks_used", "kv_blocks_total", "max_waiting")
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    KV_BLOCKS_USED_FIELD_NUMBER: _ClassVar[int]
+    KV_BLOCKS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    MAX_WAITING_FIELD_NUMBER: _ClassVar[int]
+    replicas: int
+    waiting: int
+    running: int
+    kv_blocks_used: int
+    kv_blocks_total: int
+    max_waiting: int
+    def __init__(self, replicas: _Optional[int] = ..., waiting: _Optional[int] = ..., running: _Optional[int] = ..., kv_blocks_used: _Optional[int] = ..., kv_blocks_total: _Optional[int] = ..., max_waiting: _Optional[int] = ...) -> None: ...
+
 class HealthRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class HealthResponse(_message.Message):
-    __slots__ = ("ready", "stages")
+    __slots__ = ("ready", "stages", "load")
     class StagesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -134,29 +150,33 @@ class HealthResponse(_message.Message):
         def __init__(self, key: _Optional[str] = ..., value: _Optional[bool] = ...) -> None: ...
     READY_FIELD_NUMBER: _ClassVar[int]
     STAGES_FIELD_NUMBER: _ClassVar[int]
+    LOAD_FIELD_NUMBER: _ClassVar[int]
     ready: bool
     stages: _containers.ScalarMap[str, bool]
-    def __init__(self, ready: _Optional[bool] = ..., stages: _Optional[_Mapping[str, bool]] = ...) -> None: ...
+    load: EngineLoad
+    def __init__(self, ready: _Optional[bool] = ..., stages: _Optional[_Mapping[str, bool]] = ..., load: _Optional[_Union[EngineLoad, _Mapping]] = ...) -> None: ...
 
 class InfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("version", "tasks", "max_prompt_chars", "max_images", "max_image_bytes", "context_length")
+    __slots__ = ("version", "tasks", "max_prompt_chars", "max_images", "max_image_bytes", "context_length", "load")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     TASKS_FIELD_NUMBER: _ClassVar[int]
     MAX_PROMPT_CHARS_FIELD_NUMBER: _ClassVar[int]
     MAX_IMAGES_FIELD_NUMBER: _ClassVar[int]
     MAX_IMAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    LOAD_FIELD_NUMBER: _ClassVar[int]
     version: str
     tasks: _containers.RepeatedScalarFieldContainer[str]
     max_prompt_chars: int
     max_images: int
     max_image_bytes: int
     context_length: int
-    def __init__(self, version: _Optional[str] = ..., tasks: _Optional[_Iterable[str]] = ..., max_prompt_chars: _Optional[int] = ..., max_images: _Optional[int] = ..., max_image_bytes: _Optional[int] = ..., context_length: _Optional[int] = ...) -> None: ...
+    load: EngineLoad
+    def __init__(self, version: _Optional[str] = ..., tasks: _Optional[_Iterable[str]] = ..., max_prompt_chars: _Optional[int] = ..., max_images: _Optional[int] = ..., max_image_bytes: _Optional[int] = ..., context_length: _Optional[int] = ..., load: _Optional[_Union[EngineLoad, _Mapping]] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()

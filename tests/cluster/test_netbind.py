@@ -1,0 +1,30 @@
+"""Local mode's loopback decision (the listeners themselves: test_serve_e2e.py)."""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+from cluster import netbind
+
+
+@pytest.mark.parametrize("host, loopback", [
+    ("127.0.0.1", True), ("localhost", True), ("::1", True), ("127.0.0.2", True),
+    ("0.0.0.0", False), ("::", False), ("192.0.2.7", False), ("example.org", False),
+])
+def test_is_loopback(host, loopback):
+    assert netbind.is_loopback(host) is loopback
+
+
+def test_keep_ray_on_loopback_sets_the_single_node_flag(monkeypatch):
+    """Before ray is imported the variable does it; after, the already-read flag is set too
+    (ray.init would otherwise swap 127.0.0.1 for the machine's routable address)."""
+    monkeypatch.delenv(netbind.RAY_SINGLE_NODE_ENV, raising=False)
+    constants = pytest.importorskip("ray._private.ray_constants")
+    monkeypatch.setattr(constants, "ENABLE_RAY_CLUSTER", True)
+    netbind.keep_ray_on_loopback()
+    assert os.environ[netbind.RAY_SINGLE_NODE_ENV] == "0"
+    assert sys.modules["ray._private.ray_constants"].ENABLE_RAY_CLUSTER is False
+    from ray._private import services
+    assert services.get_node_ip_address() == "127.0.0.1"
