@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 MAX_ROWS = 64
-SHARED_BYTES = 200 * 1024  # of Hopper's 227 KiB per block, leaving room for the epilogue
+_FITTING_STAGES: dict[tuple, int] = {}  # tile config -> deepest pipeline that compiled
 
 
 def skinny_gemm_reference(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -26,7 +26,7 @@ def skinny_gemm_reference(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return (x.float() @ w.float().t()).to(x.dtype)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M"])  # the batch changes every step; N and K never do
 def _skinny_kernel(x_ptr, w_ptr, out_ptr, part_ptr, M, N, K, k_per_split,
                    s_xm, s_wn, s_om, s_ps, s_pm,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -106,18 +106,30 @@ def skinny_gemm(x: torch.Tensor, w: torch.Tensor, *, block_n: int | None = None,
     block_n, block_k, split_k = block_n or bn, block_k or bk, split_k or split
     num_stages = num_stages or stages
     block_m = max(16, triton.next_power_of_2(m))
-    stage_bytes = (block_m + block_n) * block_k * x.element_size()
-    num_stages = max(1, min(num_stages, SHARED_BYTES // stage_bytes))
     k_per_split = triton.cdiv(triton.cdiv(k, split_k), block_k) * block_k
     even_k = k % (split_k * block_k) == 0 and k_per_split * split_k == k
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
     part = torch.empty(split_k, m, n, dtype=torch.float32, device=x.device) if split_k > 1 else out
     grid = (triton.cdiv(n, block_n), split_k)
-    _skinny_kernel[grid](x, w, out, part, m, n, k, k_per_split,
-                         x.stride(0), w.stride(0), out.stride(0),
-                         part.stride(0) if split_k > 1 else 0, part.stride(1) if split_k > 1 else 0,
-                         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split_k,
-                         EVEN_K=even_k, num_warps=num_warps, num_stages=num_stages)
+    key = (block_m, block_n, block_k, x.dtype, num_stages)
+    stages = _FITTING_STAGES.get(key, num_stages)
+    while True:
+        try:
+            _skinny_kernel[grid](x, w, out, part, m, n, k, k_per_split,
+                                 x.stride(0), w.stride(0), out.stride(0),
+                                 part.stride(0) if split_k > 1 else 0,
+                                 part.stride(1) if split_k > 1 else 0,
+                                 BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+                                 SPLIT_K=split_k, EVEN_K=even_k, num_warps=num_warps,
+                                 num_stages=stages)
+            break
+        except triton.runtime.errors.OutOfResources:
+            # Wide tiles at 64 rows can outgrow shared memory: pipeline less deeply (this
+            # happens at the first, compiling call, never inside a graph capture).
+            if stages == 1:
+                raise
+            stages -= 1
+    _FITTING_STAGES[key] = stages
     if split_k > 1:
         block = 1024
         _sum_splits_kernel[(m, triton.cdiv(n, block))](
