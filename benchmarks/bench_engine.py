@@ -223,6 +223,7 @@ def main(argv=None) -> None:
     force_images(eng)
     res["decode"] = bench_decode(eng, model, ceil, [2, 16, 64], [512, 2048, 4096],
                                  5 if args.quick else 30)
+    bench_t2i(eng, tok, "4*4")  # warm-up: first-use compiles of the prefill and sampling paths
     res["t2i"] = bench_t2i(eng, tok, size)
     bench_prefill_x2i(eng, model, tok, ceil, seed=1)  # warm-up: first-use compiles
     res["prefill_x2i"] = bench_prefill_x2i(eng, model, tok, ceil, seed=2)
