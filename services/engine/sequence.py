@@ -111,12 +111,11 @@ class Status(str, enum.Enum):
 
 @dataclass
 class GuidanceGroup:
-    """One request in flight: its streams, grammar state, RNG, output and timings."""
+    """One request in flight: its streams, grammar state, output and timings."""
 
     request: GenerationRequest
     grammar: GrammarState
     seqs: dict[Role, Sequence]
-    generator: torch.Generator | None = None
     status: Status = Status.WAITING
     output: list[int] = field(default_factory=list)
     arrival: float = field(default_factory=time.monotonic)
