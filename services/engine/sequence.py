@@ -7,7 +7,6 @@ import itertools
 import time
 from dataclasses import dataclass, field
 
-
 from .block_pool import BlockPool, block_hash
 from .grammar import GrammarState
 from .request import GenerationRequest
