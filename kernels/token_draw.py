@@ -119,7 +119,7 @@ class DrawPlan:
         skip = skip or [False] * len(top_k)
         rows = [r for r in range(len(top_k)) if not skip[r]]
         k_on = [r for r in rows if 1 < top_k[r] < vocab_size]
-        k_off = [r for r in rows if not 0 < top_k[r] < vocab_size]
+        k_off = [r for r in rows if top_k[r] != 1 and not 0 < top_k[r] < vocab_size]
         return cls(
             num_rows=len(top_k), top_k_rows=tuple(k_on),
             k_max=max((top_k[r] for r in k_on), default=0),
