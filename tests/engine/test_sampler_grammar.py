@@ -111,6 +111,15 @@ def test_detokenizer_holds_split_utf8_and_switches_channels(tok):
     assert d.push(tok.encode_text("b")[0]) == ("text", "b")
 
 
+def test_detokenizer_replaces_invalid_bytes_as_a_whole_decode_does(tok):
+    """A valid lead byte right after an invalid one must wait for its continuation."""
+    by_bytes = {tok.token_bytes(i): i for i in range(tok.special.pad)}
+    ids = [by_bytes[bytes([b])] for b in (0xEA, 0xD3, 0xBC, 0xE0)] + tok.encode_text("St\u00e9")
+    d = IncrementalDetokenizer(tok)
+    pieces = [d.push(t) for t in ids] + [d.flush()]
+    assert "".join(p[1] for p in pieces if p) == tok.decode(ids) == "\ufffd\u04fc\ufffdSt\u00e9"
+
+
 def test_block_pool_accounting_and_prefix_sharing():
     pool = BlockPool(6, 4)
     kv = KVBlocks(pool)
