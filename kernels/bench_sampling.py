@@ -24,9 +24,14 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .registry import guided_scores_impl
+from .sampling import guided_scores_triton
 from .token_draw import DrawPlan, draw_tokens, draw_tokens_reference
 
 VOCAB, VISUAL_BASE = 282926, 151854
+# Triton guided-scores tunings measured beside the default (CUDA only).
+KERNEL_VARIANTS = {"block=1024,w4": dict(block=1024, num_warps=4),
+                   "block=4096,w8": dict(block=4096), "4 programs/SM": dict(programs_per_sm=4),
+                   "16 programs/SM": dict(programs_per_sm=16)}
 TEXT_ROW, VISUAL_ROW = 0, 2  # rows of mask_table
 
 
@@ -82,9 +87,9 @@ def make_inputs(w: Workload, vocab: int, visual_base: int, device, seed=0) -> di
         plan=DrawPlan.build([w.top_k] * r, [w.top_p] * r, vocab))
 
 
-def guided(x: dict, impl) -> torch.Tensor:
+def guided(x: dict, impl, **tuning) -> torch.Tensor:
     return impl(x["cond"], x["uncond"], None, x["guide"], x["scale"], x["image_scale"],
-                x["allowed"], x["mask_row"], x["temperature"])
+                x["allowed"], x["mask_row"], x["temperature"], **tuning)
 
 
 def new_sample(x: dict, impl) -> list[int]:
@@ -176,6 +181,9 @@ def bench(w: Workload, vocab: int, visual_base: int, device, bw: float, impl, re
         ("sample new (+sync)", lambda: new_sample(x, impl), floor(streams * row_bytes)),
         ("sample legacy (+sync)", lambda: legacy_sample(x, gens), floor(streams * row_bytes)),
     ]
+    if impl is guided_scores_triton:
+        timed[1:1] = [(f"guided scores {name}", lambda kw=kw: guided(x, impl, **kw),
+                       timed[0][2]) for name, kw in KERNEL_VARIANTS.items()]
     return [Row(w.name, name, median_us(fn, device, reps), fl) for name, fn, fl in timed], same
 
 
@@ -199,9 +207,13 @@ def main(argv=None) -> None:
         got, same = bench(w, vocab, visual_base, device, bw, impl, reps)
         rows += got
         all_same &= same
-    print(f"{'workload':<18} {'variant':<24} {'us':>10} {'floor us':>9} {'x floor':>8}")
+    print(f"{'workload':<18} {'variant':<30} {'us':>10} {'floor us':>9} {'x floor':>8}")
     for r in rows:
-        print(f"{r.workload:<18} {r.variant:<24} {r.us:10.1f} {r.floor_us:9.1f} {r.ratio:8.2f}")
+        print(f"{r.workload:<18} {r.variant:<30} {r.us:10.1f} {r.floor_us:9.1f} {r.ratio:8.2f}")
+    for w in workloads(sizes):
+        us = {r.variant: r.us for r in rows if r.workload == w.name}
+        print(f"{w.name}: new sampler {us['sample legacy (+sync)'] / us['sample new (+sync)']:.1f}x"
+              " faster than legacy")
     print(f"fast draw tokens equal the plain full-vocabulary path: {all_same}")
     if os.environ.get("OUT"):
         with open(os.path.join(os.environ["OUT"], "bench_sampling.json"), "w") as f:

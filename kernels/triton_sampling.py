@@ -138,18 +138,19 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def default_chunk(rows: int, vocab: int, block: int, device: torch.device) -> int:
-    """Chunk length (a multiple of ``block``) giving about 8 programs per SM."""
-    chunks = max(1, 8 * _sm_count(device) // max(rows, 1))
+def default_chunk(rows: int, vocab: int, block: int, device: torch.device,
+                  programs_per_sm: int = 8) -> int:
+    """Chunk length (a multiple of ``block``) giving about ``programs_per_sm`` programs per SM."""
+    chunks = max(1, programs_per_sm * _sm_count(device) // max(rows, 1))
     return max(block, triton.cdiv(triton.cdiv(vocab, chunks), block) * block)
 
 
 def guided_scores(cond, uncond, full_uncond, guide, scale, image_scale, allowed, mask_row,
                   temperature, *, block: int = 2048, chunk: int | None = None,
-                  num_warps: int = 8) -> torch.Tensor:
+                  programs_per_sm: int = 8, num_warps: int = 8) -> torch.Tensor:
     """fp32 [R, V]; arguments as :func:`kernels.sampling.guided_scores_reference` (rows must
     be contiguous in V). ``block``: elements per tile (power of 2); ``chunk``: elements per
-    program (a multiple of ``block``; default from the SM count)."""
+    program (a multiple of ``block``; default: about ``programs_per_sm`` programs per SM)."""
     rows, vocab = cond.shape
     out = torch.empty_like(cond)
     if rows == 0:
@@ -159,7 +160,7 @@ def guided_scores(cond, uncond, full_uncond, guide, scale, image_scale, allowed,
     uncond_t = cond if uncond is None else uncond
     full_t = cond if full_uncond is None else full_uncond
     allowed = allowed.view(torch.uint8) if allowed.dtype == torch.bool else allowed
-    chunk = chunk or default_chunk(rows, vocab, block, cond.device)
+    chunk = chunk or default_chunk(rows, vocab, block, cond.device, programs_per_sm)
     n_chunks = triton.cdiv(vocab, chunk)
     stat_max = torch.empty(rows, 3, n_chunks, device=cond.device, dtype=torch.float32)
     stat_sum = torch.empty_like(stat_max)

@@ -109,6 +109,7 @@ def test_reference_ignores_guide_rows_it_does_not_read():
     ([2, 0, 1], 777, dict(block=64, chunk=64)),
     ([0, 0, 0, 0], 2050, dict(block=256)),
     ([1], 4096, dict(block=512, chunk=1024)),
+    ([2, 1], 300, dict(block=512)),  # one chunk per row
 ])
 def test_triton_matches_reference(guides, vocab, tuning):
     x = make_inputs(guides, vocab, seed=vocab)
