@@ -12,8 +12,9 @@ Definition (:func:`draw_tokens_reference`, plain, full vocabulary), per row of s
 Weights are fixed point: ``round(2^40 * exp(s - max))`` in float64, as int64. Integer sums are
 exact in any order, so the top-p cut and the draw come out bit-identical whether computed over
 the whole vocabulary, over a compacted candidate list of any length, or by a parallel scan on
-a GPU: a row's token never depends on the batch around it. (The grid drops a token only when
-its weight is below 2^-41 of the top token's; summed over all 282,926 ids that is < 1.3e-7.)
+a GPU: a row's token never depends on the batch around it. (Rounding moves each weight by at
+most 2^-41 of the top token's, and tokens below that get none: summed over all 282,926 ids the
+distribution moves by < 1.3e-7, below the fp32 rounding of the scores themselves.)
 
 Fast path (:func:`draw_tokens`): one ``torch.topk`` with the batch's largest k; each row masks
 the candidates below its own k-th score; a full-row count of the scores tied at or above that

@@ -7,11 +7,12 @@ over every SM:
    stream it reads (cond, uncond, and full_uncond on three-way rows) over one chunk, in one
    online pass. Unguided rows return at once.
 2. ``_write_scores_kernel``: merges the row's chunk statistics (a few hundred floats) into
-   log-sum-exps, then streams the chunk once more: log-softmax, CFG combine, the grammar mask
-   (one uint8 table row per mask kind), the temperature; writes fp32 scores.
+   log-sum-exps, then streams the chunk once more: the grammar mask (one uint8 table row per
+   mask kind) first, so masked-out ids are not read, then log-softmax, CFG combine and the
+   temperature; writes fp32 scores.
 
-Guided rows read their streams twice (the second pass mostly from L2 at small R) and write once;
-unguided rows read cond once and write once. One launch cannot do both passes: every chunk's
+Guided rows read their streams once in full and once where allowed (the second pass partly
+from L2 at small R) and write once; unguided rows read cond where allowed and write once. One launch cannot do both passes: every chunk's
 write needs the whole row's log-sum-exp, and a grid-wide wait is not safe to launch.
 """
 from __future__ import annotations
@@ -114,18 +115,18 @@ def _write_scores_kernel(cond_ptr, uncond_ptr, full_ptr, out_ptr, guide_ptr, sca
     for start in range(lo, hi, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         ok = offs < hi
-        x = tl.load(cond_row + offs, mask=ok, other=0.0)
+        keep = tl.load(allowed_row + offs, mask=ok, other=0) != 0
+        x = tl.load(cond_row + offs, mask=keep, other=0.0)  # masked-out ids are never read
         if HAS_UNCOND:
             lc = x - lse_c
-            lu = tl.load(uncond_ptr + row64 * s_uncond + offs, mask=offs < hi_guided,
+            lu = tl.load(uncond_ptr + row64 * s_uncond + offs, mask=keep & (offs < hi_guided),
                          other=0.0) - lse_u
             mixed = scale * (lc - lu) + lu
             if HAS_FULL:
-                la = tl.load(full_ptr + row64 * s_full + offs, mask=offs < hi_three,
+                la = tl.load(full_ptr + row64 * s_full + offs, mask=keep & (offs < hi_three),
                              other=0.0) - lse_a
                 mixed = tl.where(three, la + image_scale * (lu - la) + scale * (lc - lu), mixed)
             x = tl.where(guided, mixed, x)
-        keep = tl.load(allowed_row + offs, mask=ok, other=0) != 0
         x = tl.where(keep, x, NEG_INF)
         x = tl.where(temp != 1.0, tl.math.fdiv(x, temp, ieee_rounding=True), x)
         tl.store(out_row + offs, x, mask=ok)
