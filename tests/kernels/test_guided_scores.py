@@ -161,10 +161,12 @@ def test_gpu_real_vocab_scores_and_draw(rows):
     k = torch.tensor(top_k, device="cuda")
     p = torch.tensor(top_p, dtype=torch.float64, device="cuda")
     u = torch.tensor(uniforms, dtype=torch.float64, device="cuda")
+    plain = draw_tokens_reference(got, k, p, u)
     fast = draw_tokens(got, k, p, u, DrawPlan.build(top_k, top_p, VOCAB))
-    assert not (fast == NEEDS_EXACT).any()
-    assert fast.tolist() == draw_tokens_reference(got, k, p, u).tolist()
-    on_reference = draw_tokens(want, k, p, u, DrawPlan.build(top_k, top_p, VOCAB))
-    agree = (fast == on_reference).double().mean().item()
-    print(f"rows {rows}: tokens equal on Triton vs reference scores for {agree:.3f} of rows")
+    exact = fast == NEEDS_EXACT  # an exact tie at the k-th score (rare): the sampler redoes it
+    assert torch.where(exact, plain, fast).tolist() == plain.tolist()
+    on_reference = draw_tokens_reference(want, k, p, u)
+    agree = (plain == on_reference).double().mean().item()
+    print(f"rows {rows}: {int(exact.sum())} rows redone exactly; tokens equal on Triton and "
+          f"reference scores for {agree:.3f} of rows")
     assert agree >= 0.9
