@@ -32,7 +32,9 @@ IMAGE_1024 = "64*64"  # the 1:1 preset: 4,167 tokens (spec §3)
 
 
 def force_images(eng: Engine) -> None:
-    eng.masks.text = eng.masks.boi.clone()
+    table, boi = eng.masks.table, eng.tok.special.boi
+    table[0].zero_()  # row 0: text where an image may start -> only BOI
+    table[0, boi] = 1
 
 
 class StepLog:

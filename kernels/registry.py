@@ -7,7 +7,10 @@ Elementwise ops (RMSNorm with the residual add, QK-norm + RoPE, SwiGLU; :mod:`ke
 ``triton`` (fused kernels) on CUDA when Triton is installed, ``reference`` (plain torch)
 anywhere else; ``EMU35_FUSED=1`` / ``0`` forces one or the other.
 
-A ``prefer`` argument overrides both env vars. Names resolve to functions only when asked for,
+Guided sampling scores: ``triton`` on CUDA, else ``reference``;
+``EMU35_SAMPLING=reference|triton`` overrides.
+
+A ``prefer`` argument overrides the env vars. Names resolve to functions only when asked for,
 so CPU-only use never imports Triton.
 """
 from __future__ import annotations
@@ -28,14 +31,24 @@ FUSED_ENV_VAR = "EMU35_FUSED"
 FUSED_CHOICES = {"0": "reference", "1": "triton"}
 
 
+SAMPLING_IMPLEMENTATIONS = ("reference", "triton")
+SAMPLING_ENV_VAR = "EMU35_SAMPLING"
+
+
+def _requested(kind: str, choices: tuple[str, ...], env_var: str, prefer: str | None
+               ) -> str | None:
+    name = prefer or os.environ.get(env_var) or None
+    if name is not None and name not in choices:
+        raise ValueError(f"unknown {kind} implementation {name!r}; "
+                         f"choose one of {', '.join(choices)}")
+    return name
+
+
 def attention_impl_name(device: torch.device | str, prefer: str | None = None) -> str:
     """The implementation's name for ``device``: ``prefer``, else the env var, else the best
     one available."""
-    name = prefer or os.environ.get(ENV_VAR) or None
+    name = _requested("attention", IMPLEMENTATIONS, ENV_VAR, prefer)
     if name is not None:
-        if name not in IMPLEMENTATIONS:
-            raise ValueError(f"unknown attention implementation {name!r}; "
-                             f"choose one of {', '.join(IMPLEMENTATIONS)}")
         return name
     if torch.device(device).type != "cuda":
         return "reference"
@@ -84,3 +97,20 @@ def elementwise_ops(device: torch.device | str, prefer: str | None = None) -> "E
     if elementwise_ops_name(device, prefer) == "triton":
         return fused_norm.triton_ops()
     return fused_norm.REFERENCE_OPS
+
+
+def sampling_impl_name(device: torch.device | str, prefer: str | None = None) -> str:
+    """The guided-scores implementation's name for ``device``: ``prefer``, else the env var,
+    else ``triton`` on CUDA and ``reference`` elsewhere."""
+    name = _requested("sampling", SAMPLING_IMPLEMENTATIONS, SAMPLING_ENV_VAR, prefer)
+    return name or ("triton" if torch.device(device).type == "cuda" else "reference")
+
+
+def guided_scores_impl(device: torch.device | str, prefer: str | None = None) -> Callable:
+    """The guided-scores function to call on ``device`` (signature of
+    :func:`kernels.sampling.guided_scores_reference`)."""
+    from . import sampling
+
+    name = sampling_impl_name(device, prefer)
+    return {"reference": sampling.guided_scores_reference,
+            "triton": sampling.guided_scores_triton}[name]

@@ -1,7 +1,10 @@
-"""Incremental detokenisation: each new text token's bytes are appended to a buffer and only
-complete UTF-8 is emitted, so streaming never re-decodes what was already sent (spec §12
-item 25) and multi-byte characters split across tokens come out whole."""
+"""Incremental detokenisation: each new text token's bytes go through an incremental UTF-8
+decoder and only complete characters are emitted, so streaming never re-decodes what was
+already sent (spec §12 item 25), multi-byte characters split across tokens come out whole, and
+invalid bytes are replaced exactly as decoding the whole run at once would replace them."""
 from __future__ import annotations
+
+import codecs
 
 from services.model.text_tokenizer import TextTokenizer
 
@@ -9,7 +12,7 @@ from services.model.text_tokenizer import TextTokenizer
 class IncrementalDetokenizer:
     def __init__(self, tok: TextTokenizer):
         self.tok = tok
-        self.pending = b""
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         s = tok.special
         self.silent = {s.ess, s.eos, s.bog, s.eog, s.boc, s.eoc, s.pad, s.bos, s.bss}
         self.channel_open = {s.bog: "global_cot", s.boc: "image_cot"}
@@ -24,20 +27,11 @@ class IncrementalDetokenizer:
             return out
         if token in self.silent:
             return None
-        self.pending += self.tok.token_bytes(token)
-        try:
-            text = self.pending.decode("utf-8")
-        except UnicodeDecodeError as e:
-            if e.reason != "unexpected end of data" or len(self.pending) - e.start > 3:
-                return self.flush()  # invalid bytes: replace, as the reference decodes
-            text = self.pending[:e.start].decode("utf-8")
-            self.pending = self.pending[e.start:]
-            return (self.channel, text) if text else None
-        self.pending = b""
-        return self.channel, text
+        text = self.decoder.decode(self.tok.token_bytes(token))
+        return (self.channel, text) if text else None
 
     def flush(self) -> tuple[str, str] | None:
-        if not self.pending:
-            return None
-        text, self.pending = self.pending.decode("utf-8", errors="replace"), b""
-        return self.channel, text
+        """Emit what is held back (an unfinished character becomes a replacement)."""
+        text = self.decoder.decode(b"", final=True)
+        self.decoder.reset()
+        return (self.channel, text) if text else None

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from kernels.registry import guided_scores_impl
+from kernels.sampling import GUIDE_CFG, GUIDE_NONE, GUIDE_THREE_WAY
 from services.model.image_tokens import parse_image_span
 from services.model.text_tokenizer import TextTokenizer
 from services.model.transformer import Emu35ForCausalLM
@@ -21,7 +23,8 @@ from .grammar import GrammarState, Mode, StepKind, grid_from_prompt
 from .request import GenerationRequest, GuidanceMode, RequestError, StopRule
 from .memory import plan_kv_cache
 from .runner import ModelRunner, build_step_input
-from .sampler import GrammarMasks, SamplingBatch, sample
+from .rng import token_uniform
+from .sampler import GrammarMasks, RowSampling, SamplingBatch, sample
 from .scheduler import Scheduler, SchedulerConfig
 from .sequence import GuidanceGroup, Role, Sequence, Status
 
@@ -37,6 +40,7 @@ class EngineConfig:
     # With scheduler.num_blocks None, the KV cache takes what this fraction of the device's
     # memory leaves after weights, activations and graphs (memory.py).
     gpu_memory_utilization: float = 0.90
+    sampling: str | None = None   # guided scores: "reference" | "triton"; None picks by device
 
 
 @dataclass
@@ -63,6 +67,7 @@ class Engine:
                 and self.runner.attention_name == "triton":
             self.runner.capture_decode_graphs(sc.max_num_seqs)
         self.masks = GrammarMasks(tok.special, tok.vocab_size, model.device)
+        self.guided_scores = guided_scores_impl(model.device, config.sampling)
         self.groups: dict[str, GuidanceGroup] = {}
         self.live: dict[str, _Live] = {}
         self.pending_events: list[Event] = []
@@ -141,44 +146,36 @@ class Engine:
 
     def _sample_and_advance(self, groups, rows, events) -> None:
         batch = self._sampling_batch(groups)
-        cond = torch.stack([rows[(id(g), Role.COND)] for g in groups])
-        uncond = full = None
-        if any(Role.UNCOND in g.seqs for g in groups):
-            uncond = torch.stack([rows.get((id(g), Role.UNCOND), rows[(id(g), Role.COND)])
-                                  for g in groups])
-        if any(Role.FULL_UNCOND in g.seqs for g in groups):
-            full = torch.stack([rows.get((id(g), Role.FULL_UNCOND), rows.get((id(g), Role.UNCOND),
-                                rows[(id(g), Role.COND)])) for g in groups])
-        tokens = sample(cond, uncond, full, batch, self.masks).tolist()
+        cond = torch.stack([rows[(id(g), Role.COND)] for g in groups])  # [R, V]
+        uncond = self._guide_logits(groups, rows, Role.UNCOND)
+        full = self._guide_logits(groups, rows, Role.FULL_UNCOND)
+        tokens = sample(cond, uncond, full, batch, self.masks, self.guided_scores)
         for group, token in zip(groups, tokens):
             self._append(group, token, events)
 
+    @staticmethod
+    def _guide_logits(groups, rows, role: Role) -> torch.Tensor | None:
+        """[R, V] logits of a guide stream, or None when no row has them. They exist only on
+        guided visual steps; other rows repeat cond as filler (the sampler never reads it)."""
+        if not any((id(g), role) in rows for g in groups):
+            return None
+        return torch.stack([rows.get((id(g), role), rows[(id(g), Role.COND)]) for g in groups])
+
     def _sampling_batch(self, groups: list[GuidanceGroup]) -> SamplingBatch:
-        dev = self.model.device
-        kinds, forced, allow_boi, temp, top_k, top_p, cfg, img_cfg, gens = ([] for _ in range(9))
+        rows = []
         for g in groups:
-            kind, f = g.grammar.next_step()
+            kind, forced = g.grammar.next_step()
             req = g.request
-            params = req.text if kind is StepKind.TEXT else req.image
-            unguided = Role.UNCOND not in g.seqs
-            kinds.append(int(kind))
-            forced.append(f)
-            allow_boi.append(self._boi_fits(g))
-            temp.append(params.temperature)
-            top_k.append(params.top_k)
-            top_p.append(params.top_p)
-            cfg.append(1.0 if unguided else req.guidance.scale)
-            img_cfg.append(req.guidance.image_scale)
-            if g.generator is None:
-                g.generator = torch.Generator(device=dev).manual_seed(req.seed)
-            gens.append(g.generator)
-
-        def t(x, dtype):
-            return torch.tensor(x, dtype=dtype, device=dev)
-
-        return SamplingBatch(t(kinds, torch.int64), t(forced, torch.int64), t(allow_boi, torch.bool),
-                             t(temp, torch.float32), t(top_k, torch.int64), t(top_p, torch.float32),
-                             t(cfg, torch.float32), t(img_cfg, torch.float32), gens)
+            guided = kind is StepKind.VISUAL and Role.UNCOND in g.seqs
+            three_way = guided and Role.FULL_UNCOND in g.seqs
+            rows.append(RowSampling(
+                kind=kind, forced=forced, allow_boi=self._boi_fits(g),
+                params=req.text if kind is StepKind.TEXT else req.image,
+                guide=GUIDE_THREE_WAY if three_way else GUIDE_CFG if guided else GUIDE_NONE,
+                cfg_scale=req.guidance.scale if guided else 1.0,
+                image_cfg_scale=req.guidance.image_scale,
+                uniform=token_uniform(req.seed, len(g.output)) if forced < 0 else 0.0))
+        return SamplingBatch.build(rows, self.tok.vocab_size, self.model.device)
 
     def _boi_fits(self, group: GuidanceGroup) -> bool:
         """An image may start only if a known grid fits the remaining budget (spec §12 item

@@ -58,6 +58,10 @@ class GenerationRequest:
 
     output_grid: the grid every generated image uses; None means auto (the first image's
     header digits are sampled, later images replay it, spec §3.4).
+    seed: the request's randomness (taken modulo 2^64). The token at output index i draws the
+    uniform ``rng.token_uniform(seed, i)`` and nothing else, so the same seed, inputs,
+    parameters and kernels reproduce the same output whatever shares the batch (spec §6.5);
+    forced and greedy tokens leave their uniform unused.
     """
 
     request_id: str

@@ -1,127 +1,133 @@
 """Per-row constrained sampling with classifier-free guidance, vectorised over the batch
-(spec §6.2): grammar mask -> CFG in log-softmax space (visual rows) -> ÷T -> top-k (ties kept)
--> top-p (crossing token kept) -> softmax -> draw from the request's own generator.
+(spec §6.2): CFG in log-softmax space (visual rows of guided requests) -> grammar mask -> ÷T
+in one fused pass (:mod:`kernels.sampling`) -> top-k (ties kept) -> top-p (crossing token
+kept) -> the inverse-CDF draw with the token's own uniform (:mod:`kernels.token_draw`,
+:mod:`services.engine.rng`).
 
-Every row is computed independently of the others, and each request draws from its own
-seeded generator, so a request's tokens do not depend on which requests share the batch.
+Every row is computed independently of the others and its uniform is fixed by (request seed,
+output index), so a request's tokens do not depend on which requests share its batch. A step
+syncs with the device once, for the tokens; a second time only in the rare step where a row's
+ties at its k-th score overflow the batch's shared top-k (that row is then redone exactly).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
+from kernels.registry import guided_scores_impl
+from kernels.sampling import GUIDE_NONE
+from kernels.token_draw import NEEDS_EXACT, DrawPlan, draw_tokens, draw_tokens_reference
 from services.model.text_tokenizer import SpecialIds
 
 from .grammar import StepKind
+from .request import SamplingParams
 
-NEG_INF = float("-inf")
+# Rows of GrammarMasks.table: text mode with and without BOI, then one per constrained kind.
+TEXT_WITH_BOI, TEXT_NO_BOI, VISUAL_IDS, DIGITS, NONZERO_DIGITS = range(5)
 
 
-@dataclass
+@dataclass(frozen=True)
+class RowSampling:
+    """One row's sampling inputs, on the host (built by the engine each step)."""
+
+    kind: StepKind
+    forced: int                  # the forced token, or -1
+    allow_boi: bool              # an image may start (budget left for a fixed grid)
+    params: SamplingParams       # the modality's temperature, top-k, top-p
+    guide: int = GUIDE_NONE      # kernels.sampling.GUIDE_*: CFG only on visual rows
+    cfg_scale: float = 1.0
+    image_cfg_scale: float = 1.0
+    uniform: float = 0.0         # rng.token_uniform(seed, output index)
+
+
+@dataclass(frozen=True)
 class SamplingBatch:
-    """Per-row parameters, as device tensors [R] (built by the engine each step)."""
+    """Per-row parameters as device tensors [R], sent in one host-to-device copy, and the
+    host-side routing of rows to draw paths."""
 
-    kind: torch.Tensor          # int64 StepKind
-    forced: torch.Tensor        # int64, -1 where not forced
-    allow_boi: torch.Tensor     # bool: an image may start (budget left for a fixed grid)
-    temperature: torch.Tensor   # fp32
-    top_k: torch.Tensor         # int64, <= 0 disables
-    top_p: torch.Tensor         # fp32, >= 1 disables
-    cfg_scale: torch.Tensor     # fp32
+    kind: torch.Tensor             # int64 StepKind
+    forced: torch.Tensor           # int64, -1 where not forced
+    allow_boi: torch.Tensor        # bool
+    mask_row: torch.Tensor         # int64 row of GrammarMasks.table
+    temperature: torch.Tensor      # fp32
+    top_k: torch.Tensor            # int64, <= 0 or >= V disables, 1 is greedy
+    top_p: torch.Tensor            # float64, >= 1 disables
+    cfg_scale: torch.Tensor        # fp32
     image_cfg_scale: torch.Tensor  # fp32 (3-way guidance only)
-    generators: list[torch.Generator]
+    guide: torch.Tensor            # int64 GUIDE_*
+    uniforms: torch.Tensor         # float64 in [0, 1)
+    plan: DrawPlan
+
+    @classmethod
+    def build(cls, rows: list[RowSampling], vocab_size: int, device) -> "SamplingBatch":
+        """Pack the rows' numbers into one float64 [11, R] tensor (ints and fp32 values are
+        exact in float64) and copy it without waiting for the device."""
+        cols = [[r.kind, r.forced, r.allow_boi, mask_table_row(r.kind, r.allow_boi),
+                 r.params.temperature, r.params.top_k, r.params.top_p, r.cfg_scale,
+                 r.image_cfg_scale, r.guide, r.uniform] for r in rows]
+        packed = torch.tensor(cols, dtype=torch.float64).reshape(len(rows), 11).T.contiguous()
+        d = packed.to(device, non_blocking=True)
+        i64, f32 = torch.int64, torch.float32
+        plan = DrawPlan.build([r.params.top_k for r in rows], [r.params.top_p for r in rows],
+                              vocab_size, skip=[r.forced >= 0 for r in rows])
+        return cls(d[0].to(i64), d[1].to(i64), d[2] != 0, d[3].to(i64), d[4].to(f32),
+                   d[5].to(i64), d[6], d[7].to(f32), d[8].to(f32), d[9].to(i64), d[10], plan)
+
+
+def mask_table_row(kind: StepKind, allow_boi: bool) -> int:
+    """Which row of GrammarMasks.table constrains a step of this kind (forced steps: any)."""
+    if kind == StepKind.VISUAL:
+        return VISUAL_IDS
+    if kind == StepKind.DIGIT:
+        return DIGITS
+    if kind == StepKind.DIGIT_NONZERO:
+        return NONZERO_DIGITS
+    return TEXT_WITH_BOI if allow_boi else TEXT_NO_BOI
 
 
 class GrammarMasks:
-    """Vocabulary-wide boolean tables for each step kind, built once per device."""
+    """Vocabulary-wide tables of allowed ids, one uint8 row per mask kind ([5, V]), built once
+    per device."""
 
     def __init__(self, special: SpecialIds, vocab_size: int, device):
         ids = torch.arange(vocab_size, device=device)
-        self.visual = ids >= special.visual_base
+        visual = ids >= special.visual_base
         # Text mode masks visual ids (reference) and the structure tokens that are only
         # valid inside an image or at sequence start (spec §12 item 28).
         stray = torch.tensor([special.eol, special.img, special.eoi, special.pad, special.bos],
                              device=device)
-        self.text = ~self.visual & ~torch.isin(ids, stray)
-        self.boi = ids == special.boi
+        text = ~visual & ~torch.isin(ids, stray)
         digits = torch.tensor(special.digits, device=device)
-        self.digit = torch.isin(ids, digits)
-        self.digit_nonzero = torch.isin(ids, digits[1:])
+        table = [text, text & (ids != special.boi), visual, torch.isin(ids, digits),
+                 torch.isin(ids, digits[1:])]
+        self.table = torch.stack(table).to(torch.uint8)  # [5, V], rows TEXT_WITH_BOI..
 
     def allowed(self, kind: torch.Tensor, allow_boi: torch.Tensor) -> torch.Tensor:
         """[R, V] bool: which ids each row may take (forced rows are handled elsewhere)."""
-        k = kind[:, None]
-        text = self.text[None] & (allow_boi[:, None] | ~self.boi[None])
-        out = torch.where(k == StepKind.VISUAL, self.visual[None], text)
-        out = torch.where(k == StepKind.DIGIT, self.digit[None], out)
-        return torch.where(k == StepKind.DIGIT_NONZERO, self.digit_nonzero[None], out)
-
-
-def guided_scores(cond: torch.Tensor, uncond: torch.Tensor, scale: torch.Tensor,
-                  full_uncond: torch.Tensor | None = None,
-                  image_scale: torch.Tensor | None = None) -> torch.Tensor:
-    """CFG in log-softmax space (spec §6.2): s*(c - u) + u; with a full-unconditional stream A
-    (spec §6.4): A + a*(u - A) + s*(c - u). All fp32; rows [N, V], scales [N]."""
-    c = torch.log_softmax(cond, dim=-1)
-    u = torch.log_softmax(uncond, dim=-1)
-    s = scale[:, None]
-    if full_uncond is None:
-        return s * (c - u) + u
-    a = torch.log_softmax(full_uncond, dim=-1)
-    return a + image_scale[:, None] * (u - a) + s * (c - u)
-
-
-def filter_top_k_top_p(scores: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
-    """Per-row top-k (every score >= the k-th largest survives) then top-p (sorted cumulative
-    softmax; tokens past p removed, shifted by one so the crossing and top tokens stay)."""
-    V = scores.shape[-1]
-    k_on = (top_k > 0) & (top_k < V)
-    if k_on.any():
-        k = torch.where(k_on, top_k, torch.ones_like(top_k))
-        kth = torch.topk(scores, int(k.max()), dim=-1).values.gather(1, (k - 1)[:, None])
-        scores = scores.masked_fill(k_on[:, None] & (scores < kth), NEG_INF)
-    p_on = top_p < 1.0
-    if p_on.any():
-        rows = p_on.nonzero().squeeze(1)
-        sub = scores[rows]
-        sorted_scores, order = torch.sort(sub, descending=True, dim=-1)
-        cum = torch.softmax(sorted_scores, dim=-1).cumsum(dim=-1)
-        remove = cum > top_p[rows][:, None]
-        remove[:, 1:] = remove[:, :-1].clone()
-        remove[:, 0] = False
-        sub = sub.masked_fill(remove.scatter(1, order, remove), NEG_INF)
-        scores = scores.index_copy(0, rows, sub)
-    return scores
+        rows = [mask_table_row(StepKind(k), bool(b))
+                for k, b in zip(kind.tolist(), allow_boi.tolist())]
+        return self.table[rows].bool()
 
 
 def sample(cond: torch.Tensor, uncond: torch.Tensor | None, full_uncond: torch.Tensor | None,
-           batch: SamplingBatch, masks: GrammarMasks) -> torch.Tensor:
-    """cond: fp32 logits [R, V]; uncond/full_uncond: [R, V] (only VISUAL rows are read) or
-    None. Returns int64 tokens [R]."""
-    scores = cond
-    visual = batch.kind == StepKind.VISUAL
-    if uncond is not None and visual.any():
-        rows = visual.nonzero().squeeze(1)
-        guided = guided_scores(cond[rows], uncond[rows], batch.cfg_scale[rows],
-                               None if full_uncond is None else full_uncond[rows],
-                               batch.image_cfg_scale[rows])
-        scores = scores.index_copy(0, rows, guided)
-    scores = scores.masked_fill(~masks.allowed(batch.kind, batch.allow_boi), NEG_INF)
-    t = batch.temperature[:, None]
-    scores = torch.where(t != 1.0, scores / t, scores)
-    scores = filter_top_k_top_p(scores, batch.top_k, batch.top_p)
-    tokens = _draw(scores, batch)
-    forced = batch.forced >= 0
-    return torch.where(forced, batch.forced, tokens)
-
-
-def _draw(scores: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
-    """Greedy rows (top_k == 1) take the argmax; the others draw from their own generator.
-    Forced rows draw nothing, so forced tokens never consume randomness."""
-    tokens = scores.argmax(dim=-1)
-    probs = torch.softmax(scores, dim=-1)
-    draw = ((batch.top_k != 1) & (batch.forced < 0)).nonzero().squeeze(1).tolist()
-    for row in draw:
-        tokens[row] = torch.multinomial(probs[row], 1, generator=batch.generators[row])[0]
+           batch: SamplingBatch, masks: GrammarMasks,
+           guided_scores: Callable | None = None) -> list[int]:
+    """cond: fp32 logits [R, V]; uncond/full_uncond: [R, V] (read only on rows whose
+    ``batch.guide`` asks for them) or None. Returns the R tokens as host ints.
+    ``guided_scores``: the kernel (default: the registry's choice for the device)."""
+    guided_scores = guided_scores or guided_scores_impl(cond.device)
+    scores = guided_scores(cond, uncond, full_uncond, batch.guide, batch.cfg_scale,
+                           batch.image_cfg_scale, masks.table, batch.mask_row,
+                           batch.temperature)                       # [R, V] fp32
+    drawn = draw_tokens(scores, batch.top_k, batch.top_p, batch.uniforms, batch.plan)
+    tokens = torch.where(batch.forced >= 0, batch.forced, drawn).tolist()  # the one sync
+    redo = [r for r, t in enumerate(tokens) if t == NEEDS_EXACT]
+    if redo:  # ties at a row's k-th score overflow the shared top-k: the full-sort path
+        index = torch.tensor(redo, device=scores.device)
+        exact = draw_tokens_reference(*(t.index_select(0, index) for t in (
+            scores, batch.top_k, batch.top_p, batch.uniforms))).tolist()
+        for r, token in zip(redo, exact):
+            tokens[r] = token
     return tokens

@@ -7,8 +7,6 @@ import itertools
 import time
 from dataclasses import dataclass, field
 
-import torch
-
 from .block_pool import BlockPool, block_hash
 from .grammar import GrammarState
 from .request import GenerationRequest
@@ -111,12 +109,11 @@ class Status(str, enum.Enum):
 
 @dataclass
 class GuidanceGroup:
-    """One request in flight: its streams, grammar state, RNG, output and timings."""
+    """One request in flight: its streams, grammar state, output and timings."""
 
     request: GenerationRequest
     grammar: GrammarState
     seqs: dict[Role, Sequence]
-    generator: torch.Generator | None = None
     status: Status = Status.WAITING
     output: list[int] = field(default_factory=list)
     arrival: float = field(default_factory=time.monotonic)

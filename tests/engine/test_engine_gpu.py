@@ -47,9 +47,9 @@ def _trace(path, device, attention, forced=None):
         return out
 
     def sample(*args):
-        own = real_sample(*args)
-        tokens.append(own.cpu())  # what this path would pick by itself
-        return own if forced is None else forced[len(tokens) - 1].to(own.device)
+        own = real_sample(*args)  # host ints
+        tokens.append(torch.tensor(own))  # what this path would pick by itself
+        return own if forced is None else forced[len(tokens) - 1].tolist()
 
     eng.runner.execute = execute
     engine_mod.sample = sample

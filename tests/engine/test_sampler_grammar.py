@@ -7,7 +7,9 @@ import torch
 from services.engine.block_pool import BlockPool, OutOfBlocks
 from services.engine.detokenizer import IncrementalDetokenizer
 from services.engine.grammar import GrammarState, StepKind, grid_from_prompt, header_tokens
-from services.engine.sampler import GrammarMasks, filter_top_k_top_p, guided_scores
+from kernels.sampling import guided_scores_reference
+from kernels.token_draw import filter_scores_reference
+from services.engine.sampler import GrammarMasks
 from services.engine.sequence import KVBlocks, Role, Sequence
 from services.model.image_tokens import ImageGrid, image_span_ids
 from services.model.synthetic_vocab import write_synthetic_tokenizer
@@ -23,12 +25,24 @@ def tok(tmp_path_factory):
 
 def test_top_k_keeps_ties_and_top_p_keeps_the_crossing_token():
     s = torch.tensor([[3.0, 2.0, 2.0, 1.0, 0.0], [3.0, 2.0, 2.0, 1.0, 0.0]])
-    out = filter_top_k_top_p(s, torch.tensor([2, 0]), torch.tensor([1.0, 1.0]))
+    one = torch.ones(2, dtype=torch.float64)
+    out = filter_scores_reference(s, torch.tensor([2, 0]), one)
     assert torch.isinf(out[0]).tolist() == [False, False, False, True, True]  # tie at k survives
     assert not torch.isinf(out[1]).any()                                        # k = 0: off
-    p = torch.softmax(s[0], 0)
-    out = filter_top_k_top_p(s[:1], torch.tensor([0]), torch.tensor([float(p[0]) + 1e-4]))
-    assert torch.isinf(out[0]).tolist() == [False, False, True, True, True]    # crossing kept
+    p = torch.softmax(s[0].double(), 0)
+    out = filter_scores_reference(s[:1], torch.tensor([0]), p[:1] + 1e-4)
+    # the crossing token stays; of the tied pair, the lower id comes first
+    assert torch.isinf(out[0]).tolist() == [False, False, True, True, True]
+    out = filter_scores_reference(s[:1], torch.tensor([0]), p[:1] + p[1] + 1e-4)
+    assert torch.isinf(out[0]).tolist() == [False, False, False, True, True]
+
+
+def guided_scores(c, u, s, a=None, image_scale=None):
+    ones = torch.ones(len(c))
+    guide = torch.full((len(c),), 1 if a is None else 2)
+    return guided_scores_reference(c, u, a, guide, s, ones if a is None else image_scale,
+                                   torch.ones(1, c.shape[1], dtype=torch.uint8),
+                                   torch.zeros(len(c), dtype=torch.int64), ones)
 
 
 def test_cfg_formula_in_log_softmax_space():
@@ -95,6 +109,15 @@ def test_detokenizer_holds_split_utf8_and_switches_channels(tok):
     assert out == ("global_cot", "a")
     d.push(tok.special.eog)
     assert d.push(tok.encode_text("b")[0]) == ("text", "b")
+
+
+def test_detokenizer_replaces_invalid_bytes_as_a_whole_decode_does(tok):
+    """A valid lead byte right after an invalid one must wait for its continuation."""
+    by_bytes = {tok.token_bytes(i): i for i in range(tok.special.pad)}
+    ids = [by_bytes[bytes([b])] for b in (0xEA, 0xD3, 0xBC, 0xE0)] + tok.encode_text("St\u00e9")
+    d = IncrementalDetokenizer(tok)
+    pieces = [d.push(t) for t in ids] + [d.flush()]
+    assert "".join(p[1] for p in pieces if p) == tok.decode(ids) == "\ufffd\u04fc\ufffdSt\u00e9"
 
 
 def test_block_pool_accounting_and_prefix_sharing():

@@ -13,6 +13,8 @@ from kernels import paged_attention as pa
 from kernels import registry
 from kernels.registry import (attention_impl, attention_impl_name, elementwise_ops,
                               elementwise_ops_name)
+from kernels import sampling
+from kernels.registry import attention_impl, attention_impl_name, guided_scores_impl
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,6 +41,18 @@ def test_env_overrides_and_prefer_overrides_env(monkeypatch):
         attention_impl("cpu")
 
 
+def test_sampling_triton_on_cuda_reference_elsewhere(monkeypatch):
+    monkeypatch.delenv("EMU35_SAMPLING", raising=False)
+    assert guided_scores_impl("cpu") is sampling.guided_scores_reference
+    assert guided_scores_impl("cuda:0") is sampling.guided_scores_triton
+    monkeypatch.setenv("EMU35_SAMPLING", "reference")
+    assert guided_scores_impl("cuda") is sampling.guided_scores_reference
+    assert guided_scores_impl("cpu", prefer="triton") is sampling.guided_scores_triton
+    monkeypatch.setenv("EMU35_SAMPLING", "flash")
+    with pytest.raises(ValueError, match="sampling implementation 'flash'"):
+        guided_scores_impl("cpu")
+
+
 def test_cpu_use_does_not_import_triton():
     code = ("import sys; from kernels.registry import attention_impl, elementwise_ops; "
             "f = attention_impl('cpu'); import kernels.paged_attention; "
@@ -46,6 +60,12 @@ def test_cpu_use_does_not_import_triton():
             "assert ops.name == 'reference'; "
             "assert 'triton' not in sys.modules, 'triton imported'")
     env = {k: v for k, v in os.environ.items() if k not in ("EMU35_ATTENTION", "EMU35_FUSED")}
+    code = ("import sys; from kernels.registry import attention_impl, guided_scores_impl; "
+            "f = attention_impl('cpu'); g = guided_scores_impl('cpu'); "
+            "import kernels.paged_attention, kernels.sampling, kernels.token_draw; "
+            "import services.engine.sampler; "
+            "assert 'triton' not in sys.modules, 'triton imported'")
+    env = {k: v for k, v in os.environ.items() if k not in ("EMU35_ATTENTION", "EMU35_SAMPLING")}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=ROOT)
 
 
