@@ -1,39 +1,22 @@
 """The reference path's way of making an image, for side-by-side ratios (issue: "a simple
 baseline that does what the reference does"): per visual token, two sequential batch-1
-forwards (conditional, then unconditional), each growing its own contiguous KV cache by
-concatenation like transformers' DynamicCache, SDPA attention, no graphs, full fp32 logits;
-then the HF-path CFG processor and warpers (spec §6.2) and one multinomial draw.
+forwards (conditional, then unconditional) in eager PyTorch like the transformers model:
+separate q/k/v and gate/up projections (views of our fused weights), unfused RMSNorm and RoPE,
+each stream's contiguous KV cache grown by concatenation like DynamicCache, SDPA, the head
+over the true 282,926 rows and fp32 logits of every position; then the HF-path CFG
+processor and warpers (spec §6.2) and one multinomial draw.
 """
 from __future__ import annotations
-
-import contextlib
-import os
 
 import torch
 import torch.nn.functional as F
 
-from services.model.attention import AttentionBackend
+from kernels.fused_norm import apply_rope_reference, rms_norm_reference
 from services.model.transformer import Emu35ForCausalLM
 
 
-@contextlib.contextmanager
-def plain_kernels():
-    """The baseline runs torch's own ops: no fused norms, no skinny GEMM (kernels/registry.py
-    and kernels/linear.py read these per call)."""
-    saved = {k: os.environ.get(k) for k in ("EMU35_FUSED", "EMU35_SKINNY_GEMM")}
-    os.environ.update({k: "0" for k in saved})
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-class ConcatCache(AttentionBackend):
-    """Per layer K/V [H, S, D] grown by torch.cat every forward (DynamicCache)."""
+class ConcatCache:
+    """Per layer K/V [Hkv, S, D] grown by torch.cat every forward (DynamicCache)."""
 
     def __init__(self, layers: int):
         self.k: list[torch.Tensor | None] = [None] * layers
@@ -55,6 +38,35 @@ class ConcatCache(AttentionBackend):
         return o[0].transpose(0, 1)
 
 
+def _split(proj) -> list[torch.Tensor]:
+    """The separate matrices of a fused projection, as views (q, k, v or gate, up)."""
+    w = proj.weight
+    return [w[proj.offsets[n]:proj.offsets[n] + size] for n, size in proj.local_sizes.items()]
+
+
+def reference_forward(model: Emu35ForCausalLM, ids: torch.Tensor, pos: torch.Tensor,
+                      cache: ConcatCache) -> torch.Tensor:
+    """Eager decoder forward like the transformers model -> fp32 logits [T, V]."""
+    cfg = model.config
+    cos, sin = model.rope_cos[pos], model.rope_sin[pos]
+    h = model.model.embed_tokens(ids)
+    for i, layer in enumerate(model.model.layers):
+        att, mlp = layer.self_attn, layer.mlp
+        x = rms_norm_reference(h, layer.input_layernorm.weight, cfg.rms_norm_eps)
+        q, k, v = (F.linear(x, w) for w in _split(att.qkv_proj))
+        q = q.view(-1, cfg.num_attention_heads, cfg.head_dim)
+        k = k.view(-1, cfg.num_key_value_heads, cfg.head_dim)
+        q = apply_rope_reference(rms_norm_reference(q, att.q_norm.weight, cfg.rms_norm_eps), cos, sin)
+        k = apply_rope_reference(rms_norm_reference(k, att.k_norm.weight, cfg.rms_norm_eps), cos, sin)
+        o = cache.attend(i, q, k, v.view(-1, cfg.num_key_value_heads, cfg.head_dim))
+        h = h + F.linear(o.reshape(o.shape[0], -1), att.o_proj.weight)
+        x = rms_norm_reference(h, layer.post_attention_layernorm.weight, cfg.rms_norm_eps)
+        gate, up = (F.linear(x, w) for w in _split(mlp.gate_up_proj))
+        h = h + F.linear(F.silu(gate) * up, mlp.down_proj.weight)
+    h = rms_norm_reference(h, model.model.norm.weight, cfg.rms_norm_eps)
+    return F.linear(h, model.lm_head.weight[: cfg.vocab_size]).float()
+
+
 class ReferencePath:
     """One request's two streams, stepped one visual token at a time."""
 
@@ -71,8 +83,7 @@ class ReferencePath:
         start = cache.length
         x = torch.tensor(ids, device=dev)
         pos = torch.arange(start, start + len(ids), device=dev)
-        hidden = self.model(x, pos, cache)
-        return self.model.compute_logits(hidden)[-1]  # fp32 [V] (the reference keeps all rows)
+        return reference_forward(self.model, x, pos, cache)[-1]  # fp32 [V]
 
     @torch.inference_mode()
     def prefill(self, cond_ids, uncond_ids) -> None:

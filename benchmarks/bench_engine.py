@@ -25,7 +25,7 @@ from services.model.prompting import prepare_prompt
 from services.model.templates import build_prompts
 
 from . import common
-from .baseline import ReferencePath, plain_kernels
+from .baseline import ReferencePath
 from .bench_ibq import bench_ibq
 
 IMAGE_1024 = "64*64"  # the 1:1 preset: 4,167 tokens (spec §3)
@@ -126,16 +126,15 @@ def bench_t2i(eng: Engine, tok, size: str) -> dict:
 def bench_baseline(model, tok, size: str, tokens: int, image_tokens: int) -> dict:
     p = prepare_prompt(tok, "t2i", "a red fox in the snow, picture baseline", size=size)
     ref = ReferencePath(model, tok.special.visual_base)
-    with plain_kernels():
-        watch = common.Stopwatch()
-        ref.prefill(p.cond, p.uncond)
-        prefill = watch.stop()
-        for _ in range(5):
-            ref.step()
-        watch = common.Stopwatch()
-        for _ in range(tokens):
-            ref.step()
-        per_token = watch.stop() / tokens
+    watch = common.Stopwatch()
+    ref.prefill(p.cond, p.uncond)
+    prefill = watch.stop()
+    for _ in range(5):
+        ref.step()
+    watch = common.Stopwatch()
+    for _ in range(tokens):
+        ref.step()
+    per_token = watch.stop() / tokens
     del ref
     torch.cuda.empty_cache()
     return dict(per_token_ms=per_token * 1e3, measured_tokens=tokens,
