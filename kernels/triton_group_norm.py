@@ -29,7 +29,7 @@ def _group_stats_kernel(x_ptr, mean_ptr, m2_ptr, cnt_ptr, s_xb, n_pos, pos_per_p
     chan = (g[:, None] * CPG + k[None, :])[None, :, :]  # [1, G, CPG]
     start = chunk * pos_per_prog
     stop = tl.minimum(start + pos_per_prog, n_pos)
-    n_a = 0.0
+    n_a = tl.sum(tl.zeros((G,), dtype=tl.float32), 0)  # fp32 scalar, loop-carried
     mean_a = tl.zeros((G,), dtype=tl.float32)
     m2_a = tl.zeros((G,), dtype=tl.float32)
     for p0 in range(start, stop, BLOCK_P):
