@@ -14,6 +14,7 @@ from torch import nn
 
 from .config import IBQConfig
 from .modules import Decoder, Encoder
+from .striped import DEFAULT_STRIP_BYTES, StripPlan, decode_striped, encode_striped, plan_for
 
 DEFAULT_CHUNK_BYTES = 256 * 1024 * 1024
 _FP32_BYTES = 4
@@ -83,9 +84,10 @@ class CodebookQuantizer(nn.Module):
         """Latents [B, D, h, w] -> codes [B, h, w] (dot-product argmax)."""
         return quantize_argmax(z, self.embedding.weight, max_chunk_bytes)
 
-    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
-        """Codes [B, h, w] -> codebook vectors [B, D, h, w]."""
-        return F.embedding(codes, self.embedding.weight).permute(0, 3, 1, 2).contiguous()
+    def lookup(self, codes: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+        """Codes [B, h, w] -> codebook vectors [B, D, h, w] (NCHW, or NHWC in memory)."""
+        rows = F.embedding(codes, self.embedding.weight).permute(0, 3, 1, 2)  # NHWC memory
+        return rows if channels_last else rows.contiguous()
 
 
 class IBQ(nn.Module):
@@ -103,10 +105,23 @@ class IBQ(nn.Module):
         self.quantize = CodebookQuantizer(config.n_embed, config.embed_dim)
         self.quant_conv = nn.Conv2d(config.z_channels, config.embed_dim, kernel_size=1)
         self.post_quant_conv = nn.Conv2d(config.embed_dim, config.z_channels, kernel_size=1)
+        # None: the striped channels_last forward (striped.py) on CUDA in eval mode, the plain
+        # forward elsewhere; True/False force it (tests compare the two on the CPU).
+        self.striped: bool | None = None
+        self.strip_bytes = DEFAULT_STRIP_BYTES
+
+    def strip_plan(self, x: torch.Tensor) -> StripPlan | None:
+        """The strip plan for an input on ``x.device``, or None for the plain forward."""
+        use = self.striped if self.striped is not None else x.is_cuda
+        if not use or self.training:
+            return None
+        return plan_for(x.device, self.strip_bytes)
 
     def encode_latents(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised pixels [B, 3, H, W] in [-1, 1] -> pre-quantization latents [B, D, h, w]."""
-        return self.quant_conv(self.encoder(x))
+        plan = self.strip_plan(x)
+        h = self.encoder(x) if plan is None else encode_striped(self.encoder, x, plan)
+        return self.quant_conv(h)
 
     def encode_codes(
         self, x: torch.Tensor, max_chunk_bytes: int = DEFAULT_CHUNK_BYTES
@@ -116,4 +131,8 @@ class IBQ(nn.Module):
 
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes [B, h, w] -> decoder output [B, 3, h*f, w*f], nominally in [-1, 1]."""
-        return self.decoder(self.post_quant_conv(self.quantize.lookup(codes)))
+        plan = self.strip_plan(codes)
+        # The codebook may be kept in fp32 under a bf16 network (VisionTokenizer does).
+        rows = self.quantize.lookup(codes, channels_last=plan is not None)
+        z = self.post_quant_conv(rows.to(self.post_quant_conv.weight.dtype))
+        return self.decoder(z) if plan is None else decode_striped(self.decoder, z, plan)

@@ -52,6 +52,11 @@ class VisionTokenizer:
         self.device = torch.device(device)
         self.dtype = dtype
         self.model = model.to(device=self.device, dtype=dtype).eval().requires_grad_(False)
+        # The codebook stays fp32 so a low-precision network's latents are scored against the
+        # exact codes (the argmax is fp32 either way); it costs n_embed * D * 2 more bytes.
+        self.model.quantize.float()
+        if self.device.type == "cuda":  # NHWC convs; the striped forward keeps this layout
+            self.model.to(memory_format=torch.channels_last)
         self.config: IBQConfig = model.config
         self.max_chunk_bytes = DEFAULT_CHUNK_BYTES
 

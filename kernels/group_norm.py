@@ -1,0 +1,75 @@
+"""GroupNorm split in two for large NHWC activations: statistics once, then normalise per strip.
+
+``group_stats`` reduces the whole tensor to per-(image, group) mean and 1/std in fp32;
+``norm_swish_into`` then writes ``swish((x - mean) * rstd * weight + bias)`` (or without the
+swish) for any row range of it into a caller's buffer. Together they equal
+``swish(F.group_norm(x))`` up to float rounding (one rounding to the output dtype here, one per
+op in the plain torch chain), without a full-size normalised copy or fp32 temporary.
+
+The ``*_reference`` functions are plain torch and define the ops; :mod:`kernels.triton_group_norm`
+implements them for channels_last CUDA tensors (tests/kernels/test_group_norm.py compares).
+``impl`` is ``"triton"`` or ``"reference"``; :func:`kernels.registry.elementwise_ops_name` picks
+it per device.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def group_stats_reference(x: torch.Tensor, groups: int,
+                          eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [B, C, H, W] (any layout) -> (mean, rstd), each fp32 [B, groups]; biased variance."""
+    var, mean = torch.var_mean(x.float().reshape(x.shape[0], groups, -1), dim=-1, correction=0)
+    return mean, torch.rsqrt(var + eps)
+
+
+def norm_swish_reference(src: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
+                         weight: torch.Tensor, bias: torch.Tensor, swish: bool) -> torch.Tensor:
+    """``[swish]((src - mean) * rstd * weight + bias)`` in fp32, rounded once to src's dtype.
+
+    src [B, C, h, W] (any rows of the tensor the stats came from); mean, rstd [B, G].
+    """
+    per_group = src.shape[1] // mean.shape[1]
+    mu = mean.repeat_interleave(per_group, dim=1)[:, :, None, None]  # [B, C, 1, 1]
+    scale = rstd.repeat_interleave(per_group, dim=1)[:, :, None, None] * weight.float()[:, None, None]
+    y = (src.float() - mu) * scale + bias.float()[:, None, None]
+    if swish:
+        y = y * torch.sigmoid(y)
+    return y.to(src.dtype)
+
+
+def _rows_contiguous(t: torch.Tensor) -> bool:
+    """True when each image's rows are one dense NHWC block (channels_last, full width)."""
+    _, c, h, w = t.shape
+    return t.stride(1) == 1 and t.stride(3) == c and (h == 1 or t.stride(2) == w * c)
+
+
+def _triton_ok(*tensors: torch.Tensor) -> bool:
+    return all(t.is_cuda or not torch.cuda.is_available() for t in tensors) and all(
+        _rows_contiguous(t) for t in tensors)
+
+
+def group_stats(x: torch.Tensor, groups: int, eps: float,
+                impl: str = "reference") -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, rstd) fp32 [B, groups] of x [B, C, H, W]; see :func:`group_stats_reference`."""
+    per_group = x.shape[1] // groups
+    if impl == "triton" and _triton_ok(x) and per_group & (per_group - 1) == 0 \
+            and groups & (groups - 1) == 0:
+        from .triton_group_norm import group_stats_triton
+
+        return group_stats_triton(x, groups, eps)
+    return group_stats_reference(x, groups, eps)
+
+
+def norm_swish_into(src: torch.Tensor, dst: torch.Tensor, mean: torch.Tensor,
+                    rstd: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                    swish: bool = True, impl: str = "reference") -> None:
+    """dst[...] = :func:`norm_swish_reference` of src; src and dst [B, C, h, W], same shape."""
+    if src.shape != dst.shape:
+        raise ValueError(f"src {tuple(src.shape)} and dst {tuple(dst.shape)} differ")
+    if impl == "triton" and _triton_ok(src, dst):
+        from .triton_group_norm import norm_swish_triton
+
+        norm_swish_triton(src, dst, mean, rstd, weight, bias, swish)
+        return
+    dst.copy_(norm_swish_reference(src, mean, rstd, weight, bias, swish))

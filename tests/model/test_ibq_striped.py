@@ -1,0 +1,176 @@
+"""The striped channels_last IBQ forward (services/model/ibq/striped.py) against the plain one.
+
+CPU tests run both paths in fp32 on random-weight models (the tiny released layout and a
+mid-size config) with strips down to one row, so every halo, edge and padding case is hit.
+``-m gpu`` runs the released shape at 1024^2 in bf16: time, extra peak memory, batching.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():  # must be set before triton.jit decorates the kernels
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from services.model.ibq import IBQ, IBQConfig, VisionTokenizer  # noqa: E402
+from services.model.ibq.striped import StripPlan, decode_striped, encode_striped  # noqa: E402
+from services.model.ibq.tiny import init_random_weights, tiny_config  # noqa: E402
+
+MID = IBQConfig(n_embed=512, embed_dim=32, ch=64, ch_mult=(1, 2, 2), num_res_blocks=2,
+                attn_resolutions=(16,), resolution=64, z_channels=32)
+RELEASED_1024 = IBQConfig(n_embed=131072, embed_dim=256, ch=256, ch_mult=(1, 1, 2, 2, 4),
+                          num_res_blocks=4, attn_resolutions=(64,), resolution=1024,
+                          z_channels=256)
+
+
+def _model(config: IBQConfig, seed: int = 0) -> IBQ:
+    model = IBQ(config).eval()
+    init_random_weights(model, seed)
+    return model
+
+
+def _pixels(batch: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, 3, height, width, generator=gen) * 2 - 1
+
+
+def _close(got: torch.Tensor, expected: torch.Tensor, rel: float) -> None:
+    scale = expected.abs().max().item()
+    torch.testing.assert_close(got.contiguous(), expected, atol=rel * scale, rtol=rel)
+
+
+# One-row strips, a few rows, and whole-tensor strips.
+STRIP_BYTES = [1, 16 * 1024, 1 << 30]
+
+
+@pytest.mark.parametrize("strip_bytes", STRIP_BYTES)
+@pytest.mark.parametrize("config, size", [(tiny_config(64), (48, 80)), (MID, (40, 24))])
+def test_striped_encoder_and_decoder_equal_plain(config, size, strip_bytes):
+    model = _model(config)
+    x = _pixels(2, *size)
+    plan = StripPlan(strip_bytes)
+    with torch.no_grad():
+        _close(encode_striped(model.encoder, x, plan), model.encoder(x), 1e-4)
+        z = torch.randn(2, config.z_channels, size[0] // config.downsample_factor,
+                        size[1] // config.downsample_factor,
+                        generator=torch.Generator().manual_seed(1))
+        _close(decode_striped(model.decoder, z, plan), model.decoder(z), 1e-4)
+
+
+def _near_tie(latents: torch.Tensor, book: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+              tol: float) -> torch.Tensor:
+    """Per position: do codes a and b score within ``tol`` (relative) of each other?"""
+    z = latents.permute(0, 2, 3, 1).float()  # [B, h, w, D]
+    sa, sb = (z * book[a]).sum(-1), (z * book[b]).sum(-1)
+    return (sa - sb).abs() <= tol * torch.maximum(sa.abs(), sb.abs())
+
+
+def test_model_dispatch_codes_match_plain_except_near_ties():
+    model = _model(tiny_config(256), seed=3)
+    x = _pixels(2, 64, 48, seed=4)
+    with torch.inference_mode():
+        plain = model.encode_codes(x)
+        latents = model.encode_latents(x)
+        model.striped, model.strip_bytes = True, 8 * 1024
+        striped = model.encode_codes(x)
+        decoded = model.decode_codes(plain)
+        model.striped = False
+        expected = model.decode_codes(plain)
+    differ = plain != striped
+    book = model.quantize.embedding.weight.detach()
+    assert _near_tie(latents, book, plain, striped, 1e-4)[differ].all()
+    _close(decoded, expected, 1e-4)
+
+
+def test_cpu_default_is_the_plain_forward():
+    model = _model(tiny_config(64))
+    assert model.strip_plan(torch.zeros(1)) is None
+    model.striped = True
+    assert model.strip_plan(torch.zeros(1)) == StripPlan(model.strip_bytes, "reference")
+    model.train()
+    assert model.strip_plan(torch.zeros(1)) is None  # training keeps the autograd-friendly path
+
+
+def test_low_precision_tokenizer_keeps_an_fp32_codebook():
+    vision = VisionTokenizer(_model(tiny_config(64)), dtype=torch.bfloat16)
+    assert vision.model.quantize.embedding.weight.dtype == torch.float32
+    assert vision.model.encoder.conv_in.weight.dtype == torch.bfloat16
+    codes = vision.encode(_pixels(1, 32, 32))
+    assert vision.decode(codes).shape == (1, 32, 32, 3)
+
+
+def test_striped_with_triton_kernels_equals_plain():
+    pytest.importorskip("triton")
+    model = _model(tiny_config(64))
+    x = _pixels(1, 32, 32)
+    with torch.no_grad():
+        _close(encode_striped(model.encoder, x, StripPlan(4096, "triton")), model.encoder(x), 1e-4)
+
+
+# ------------------------------------------------------------------------------ GPU
+
+
+def _timed(fn, iters: int = 5) -> tuple[float, int]:
+    """(median seconds, extra peak bytes over what was allocated before the runs)."""
+    fn()  # warm-up: cuDNN algorithm choice, Triton compilation
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), torch.cuda.max_memory_allocated() - base
+
+
+@pytest.fixture(scope="module")
+def released_vision():
+    torch.manual_seed(0)
+    model = IBQ(RELEASED_1024).eval()
+    init_random_weights(model, seed=0)
+    return VisionTokenizer(model, device="cuda", dtype=torch.bfloat16)
+
+
+@pytest.mark.gpu
+def test_released_striped_equals_plain_on_gpu(released_vision):
+    model = released_vision.model
+    x = (torch.rand(1, 3, 512, 512, device="cuda") * 2 - 1).bfloat16()
+    with torch.inference_mode():
+        model.striped = False
+        plain = model.encode_latents(x)
+        model.striped = None
+        striped = model.encode_latents(x)
+        z = torch.randn_like(plain)
+        dec_striped = decode_striped(model.decoder, z, model.strip_plan(z))
+        dec_plain = model.decoder(z)
+    _close(striped.float(), plain.float(), 3e-2)
+    _close(dec_striped.float(), dec_plain.float(), 3e-2)
+
+
+@pytest.mark.gpu
+def test_released_1024_time_memory_and_batching(released_vision):
+    """Targets (issue 5): <= 50 ms and <= 1 GiB extra per 1024^2 image; batching helps."""
+    vision = released_vision
+    figures = {}
+    for batch in (1, 4):
+        pixels = torch.rand(batch, 3, 1024, 1024, device="cuda") * 2 - 1
+        codes = torch.randint(0, vision.n_embed, (batch, 64, 64))
+        figures["encode", batch] = _timed(lambda: vision.encode(pixels))
+        figures["decode", batch] = _timed(lambda: vision.decode(codes))
+    for (op, batch), (sec, extra) in figures.items():
+        print(f"{op} batch {batch}: {sec * 1e3 / batch:.1f} ms/image, "
+              f"{extra / 2**30:.3f} GiB extra")
+    # Floor of this design: a ResnetBlock's input and its conv1 output (2 x 512 MiB at
+    # 1024^2 x 256 channels in bf16) plus one strip's buffers.
+    strip_slack = 4 * released_vision.model.strip_bytes
+    for op in ("encode", "decode"):
+        sec, extra = figures[op, 1]
+        assert sec <= 0.050, f"{op} {sec * 1e3:.1f} ms"
+        assert extra <= 2**30 + strip_slack, f"{op} {extra / 2**30:.3f} GiB"
+        assert figures[op, 4][0] / 4 <= sec * 1.05, f"{op}: batch 4 is slower per image"
