@@ -93,9 +93,9 @@ def test_auto_sized_cache_runs_the_largest_batch(tmp_path):
     assert total - free <= util * total * 1.02, "the engine took more than it was given"
     # 16 guided requests = 32 rows: the scheduler's largest decode batch, plus full prefills.
     for i in range(16):
-        p = prepare_prompt(tok, "t2i", f"request {i} " + "word " * 200, size="4*4")
+        p = prepare_prompt(tok, "t2i", f"request {i} " + "word " * 100, size="4*4")
         eng.add_request(default_request(f"r{i}", "t2i", p.cond, p.uncond, output_grid=p.output_grid,
-                                        max_new_tokens=30, seed=i))
+                                        max_new_tokens=80, seed=i))
     finished, widest = 0, 0
     while eng.has_work():
         widest = max(widest, len(eng.scheduler.running))
