@@ -56,18 +56,13 @@ class StepLog:
         self.seconds.append(watch.stop())
         return out
 
-    def roofline_s(self, model, ceil: common.Ceilings, since: int = 0) -> float:
+    def roofline_s(self, model, ceil: common.Ceilings) -> float:
+        """The logged steps at the roofline: each bound by bytes or by FLOPs, whichever is more."""
         cfg, wbytes = model.config, common.streamed_weight_bytes(model)
         params = common.matmul_params(model)
-        total = 0.0
-        for s in self.steps[since:]:
-            mem = common.decode_roofline_s(wbytes, cfg.kv_bytes_per_token, s.ctx_lens, ceil)
-            n_q = [b - a for a, b in zip(s.cu_q, s.cu_q[1:])]
-            flops = 2.0 * params * len(s.token_ids) + sum(
-                common.attention_flops(cfg, n, c) for n, c in zip(n_q, s.ctx_lens))
-            flops += 2.0 * cfg.hidden_size * cfg.vocab_size * len(s.logits_rows)
-            total += max(mem, flops / ceil.matmul_flops)
-        return total
+        return sum(max(common.decode_roofline_s(wbytes, cfg.kv_bytes_per_token, s.ctx_lens, ceil),
+                       common.step_flops(cfg, params, s) / ceil.matmul_flops)
+                   for s in self.steps)
 
 
 def bench_decode(eng: Engine, model, ceil, rows_list, ctx_list, iters: int) -> list[dict]:
@@ -160,12 +155,8 @@ def bench_prefill_x2i(eng: Engine, model, tok, ceil, seed: int = 0) -> dict:
     eng.abort(req.request_id)
     _run_until_done(eng, set())
     cfg, params = model.config, common.matmul_params(model)
-    tokens = flops = 0.0
-    for s in log.steps:
-        n_q = [b - a for a, b in zip(s.cu_q, s.cu_q[1:])]
-        tokens += len(s.token_ids)
-        flops += 2.0 * params * len(s.token_ids) + sum(
-            common.attention_flops(cfg, n, c) for n, c in zip(n_q, s.ctx_lens))
+    tokens = sum(len(s.token_ids) for s in log.steps)
+    flops = sum(common.step_flops(cfg, params, s, head=False) for s in log.steps)
     steps = [dict(tokens=len(st.token_ids), ctx=st.ctx_lens, ms=round(sec * 1e3, 1))
              for st, sec in zip(log.steps, log.seconds)]
     return dict(prompt_tokens=len(pair.cond) + len(pair.uncond), computed_tokens=int(tokens),

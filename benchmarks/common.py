@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from kernels.bench_timing import copy_bandwidth, matmul_rate
 from services.model.config import Emu35Config
 from services.model.text_tokenizer import TextTokenizer
 from services.model.transformer import Emu35ForCausalLM
@@ -54,42 +55,10 @@ class Ceilings:
     matmul_flops: float       # bf16 8192^3 GEMM
 
 
-def _cuda_time(fn, iters: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        fn()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / 1e3 / iters
-
-
-def cuda_graph_time(fn, iters: int = 20) -> float:
-    """Seconds per call of ``fn`` replayed from a CUDA graph of ``iters`` calls, as a decode
-    step's kernels run (no CPU launch cost)."""
-    fn()  # compile / choose algorithms outside the capture
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(iters):
-            fn()
-    return _cuda_time(graph.replay, iters=5, warmup=1) / iters
-
-
 def measure_ceilings(device="cuda") -> Ceilings:
-    n = 1 << 30  # 2 GiB of bf16 each way: far past the L2
-    src = torch.empty(n, dtype=torch.bfloat16, device=device).uniform_()
-    dst = torch.empty_like(src)
-    t_copy = _cuda_time(lambda: dst.copy_(src), iters=20)
-    del src, dst
-    a = torch.randn(8192, 8192, dtype=torch.bfloat16, device=device)
-    b = torch.randn(8192, 8192, dtype=torch.bfloat16, device=device)
-    t_mm = _cuda_time(lambda: a @ b, iters=20)
-    del a, b
+    ceil = Ceilings(copy_bytes_per_s=copy_bandwidth(device), matmul_flops=matmul_rate(device))
     torch.cuda.empty_cache()
-    return Ceilings(copy_bytes_per_s=4 * n / t_copy, matmul_flops=2 * 8192 ** 3 / t_mm)
+    return ceil
 
 
 def decode_roofline_s(weight_bytes: int, kv_bytes_per_token: int, ctx_lens, ceil: Ceilings) -> float:
@@ -99,8 +68,19 @@ def decode_roofline_s(weight_bytes: int, kv_bytes_per_token: int, ctx_lens, ceil
 
 def attention_flops(cfg: Emu35Config, n_new: int, ctx: int) -> float:
     """QK^T and PV FLOPs of n_new causal queries ending at context ctx, all layers."""
-    keys = sum(range(ctx - n_new + 1, ctx + 1))
+    keys = n_new * (2 * ctx - n_new + 1) / 2  # sum of ctx - n_new + 1 .. ctx
     return 4.0 * cfg.q_size * keys * cfg.num_hidden_layers
+
+
+def step_flops(cfg: Emu35Config, params: int, step, head: bool = True) -> float:
+    """FLOPs of one engine step (a StepInput): every token through the layers' matmuls, the
+    causal attention of each row's new tokens, and (``head``) the head for its logits rows."""
+    n_q = [b - a for a, b in zip(step.cu_q, step.cu_q[1:])]
+    flops = 2.0 * params * len(step.token_ids) + sum(
+        attention_flops(cfg, n, c) for n, c in zip(n_q, step.ctx_lens))
+    if head:
+        flops += 2.0 * cfg.hidden_size * cfg.vocab_size * len(step.logits_rows)
+    return flops
 
 
 def load_tokenizer(path: str) -> TextTokenizer:

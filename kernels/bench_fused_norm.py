@@ -16,11 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import time
 from dataclasses import asdict, dataclass
 
 import torch
+
+from .bench_timing import copy_bandwidth, median_us
 
 EPS = 1e-5
 
@@ -61,28 +61,6 @@ class Row:
     @property
     def ratio(self) -> float:
         return self.us / self.floor_us
-
-
-def median_us(fn, device) -> float:
-    if device.type == "cuda":
-        import triton
-
-        return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e3
-    fn()
-    times = []
-    for _ in range(5):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e6
-
-
-def copy_bandwidth(device) -> float:
-    """Bytes per second of a large copy (2 GiB on CUDA), counting read plus written."""
-    n = (1 << 30) if device.type == "cuda" else (1 << 24)
-    src = torch.randn(n, device=device, dtype=torch.bfloat16)
-    dst = torch.empty_like(src)
-    return 2 * src.numel() * src.element_size() / (median_us(lambda: dst.copy_(src), device) * 1e-6)
 
 
 def _num_sets(nbytes: int) -> int:

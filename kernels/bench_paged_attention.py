@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 import torch
 import triton
 
+from .bench_timing import copy_bandwidth, matmul_rate, median_us
 from .paged_attention import paged_attention_reference, paged_attention_triton
 
 HQ, HKV, D = 64, 8, 128
@@ -33,23 +34,6 @@ class Row:
     @property
     def ratio(self) -> float:
         return self.us / self.floor_us
-
-
-def _median_us(fn, rep_ms=200) -> float:
-    return triton.testing.do_bench(fn, warmup=25, rep=rep_ms, return_mode="median") * 1e3
-
-
-def copy_bandwidth() -> float:
-    """Bytes per second of a 2 GiB device-to-device copy, counting read plus written."""
-    src = torch.randn(1 << 30, device="cuda", dtype=torch.bfloat16)
-    dst = torch.empty_like(src)
-    us = _median_us(lambda: dst.copy_(src))
-    return 2 * src.numel() * src.element_size() / (us * 1e-6)
-
-
-def matmul_rate() -> float:
-    a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-    return 2 * 8192 ** 3 / (_median_us(lambda: a @ b) * 1e-6)
 
 
 def paged_inputs(n_q, ctx, block_size, sets=1, seed=0):
@@ -93,7 +77,7 @@ def graph_us(batches, **kw) -> float:
     with torch.cuda.graph(graph):
         for b in batches:
             paged_attention_triton(*b, **kw)
-    return _median_us(graph.replay) / len(batches)
+    return median_us(graph.replay) / len(batches)
 
 
 # (label, tuning overrides, through a CUDA graph?) per decode workload; results so far are
@@ -119,10 +103,10 @@ def bench_decode(rows, ctx, block_size, bandwidth, variants, reference=True) -> 
     out = []
     for variant, kw, graph in variants:
         us = (graph_us(batches[:16], **kw) if graph
-              else _median_us(_rotating(paged_attention_triton, batches, **kw)))
+              else median_us(_rotating(paged_attention_triton, batches, **kw)))
         out.append(Row(name, variant + (", graph" if graph else ""), us, floor))
     if reference:
-        out.append(Row(name, "reference", _median_us(
+        out.append(Row(name, "reference", median_us(
             _rotating(paged_attention_reference, batches), rep_ms=100), floor))
     return out
 
@@ -143,14 +127,14 @@ def bench_mixed(block_size, flops_rate, quick) -> list[Row]:
         ("block_n=64,st3", dict(block_n=64, num_stages=3)),
         ("block_n=128,st3", dict(block_n=128, num_stages=3)),
         ("block_n=128,w4", dict(block_n=128, num_warps=4, num_stages=2))])
-    rows = [Row(name, v, _median_us(lambda: paged_attention_triton(*batch, **kw)), floor)
+    rows = [Row(name, v, median_us(lambda: paged_attention_triton(*batch, **kw)), floor)
             for v, kw in variants]
     chunk_floor = 4 * HQ * D * (visible - 64 * 2048) / flops_rate * 1e6
-    rows.append(Row(name, "two calls", _median_us(lambda: (paged_attention_triton(*decode),
+    rows.append(Row(name, "two calls", median_us(lambda: (paged_attention_triton(*decode),
                                                           paged_attention_triton(*chunk))), floor))
     rows.append(Row("prefill 2048@4096 alone", "default",
-                    _median_us(lambda: paged_attention_triton(*chunk)), chunk_floor))
-    rows.append(Row(name, "reference", _median_us(lambda: paged_attention_reference(*batch),
+                    median_us(lambda: paged_attention_triton(*chunk)), chunk_floor))
+    rows.append(Row(name, "reference", median_us(lambda: paged_attention_reference(*batch),
                                                   rep_ms=100), floor))
     return rows
 
@@ -160,7 +144,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="default variants only")
     args = parser.parse_args()
     torch.manual_seed(0)
-    bw, rate = copy_bandwidth(), matmul_rate()
+    bw, rate = copy_bandwidth(rep_ms=200), matmul_rate(rep_ms=200)
     print(f"{torch.cuda.get_device_name()}: copy {bw / 1e12:.2f} TB/s, "
           f"bf16 matmul {rate / 1e12:.0f} TFLOP/s, triton {triton.__version__}")
     pick = (lambda v: v[:1]) if args.quick else (lambda v: v)

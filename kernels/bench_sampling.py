@@ -17,12 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import time
 from dataclasses import asdict, dataclass
 
 import torch
 
+from .bench_timing import copy_bandwidth, median_us
 from .registry import guided_scores_impl
 from .sampling import guided_scores_triton
 from .token_draw import NEEDS_EXACT, DrawPlan, draw_tokens, draw_tokens_reference
@@ -136,30 +135,6 @@ def _legacy_filter(scores, top_k, top_p):
     return scores
 
 
-def median_us(fn, device, reps: int) -> float:
-    """Median time of one call: triton.testing.do_bench (L2 flushed per call) on CUDA, else
-    wall-clock time."""
-    if torch.device(device).type == "cuda":
-        import triton  # lazy: CPU runs never import it
-
-        return triton.testing.do_bench(fn, warmup=10, rep=reps * 5, return_mode="median") * 1e3
-    fn()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e6
-
-
-def copy_bandwidth(device, numel: int) -> float:
-    """Bytes per second of a large copy on ``device``, counting read plus written."""
-    src = torch.randn(numel, device=device)
-    dst = torch.empty_like(src)
-    us = median_us(lambda: dst.copy_(src), device, reps=20)
-    return 2 * src.numel() * src.element_size() / (us * 1e-6)
-
-
 def bench(w: Workload, vocab: int, visual_base: int, device, bw: float, impl, reps: int
           ) -> tuple[list[Row], bool]:
     """Rows for one workload, and whether the fast draw equals the plain path."""
@@ -184,7 +159,7 @@ def bench(w: Workload, vocab: int, visual_base: int, device, bw: float, impl, re
     if impl is guided_scores_triton:
         timed[1:1] = [(f"guided scores {name}", lambda kw=kw: guided(x, impl, **kw),
                        timed[0][2]) for name, kw in KERNEL_VARIANTS.items()]
-    return [Row(w.name, name, median_us(fn, device, reps), fl) for name, fn, fl in timed], same
+    return [Row(w.name, name, median_us(fn, device, reps, rep_ms=reps * 5, warmup=10), fl) for name, fn, fl in timed], same
 
 
 def main(argv=None) -> None:
@@ -199,7 +174,7 @@ def main(argv=None) -> None:
                                        else (VOCAB, VISUAL_BASE, (2, 16, 64), 40))
     torch.manual_seed(0)
     impl = guided_scores_impl(device)
-    bw = copy_bandwidth(device, (1 << 24) if args.smoke else (1 << 29))
+    bw = copy_bandwidth(device)
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     print(f"{name}: copy {bw / 1e12:.3f} TB/s, guided scores: {impl.__name__}, V={vocab}")
     rows, all_same = [], True

@@ -12,7 +12,7 @@ import itertools
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import cuda_graph_time, measure_ceilings
+from kernels.bench_timing import copy_bandwidth, cuda_graph_time
 from kernels.skinny_gemm import default_tiles, skinny_gemm
 
 SHAPES = {"qkv": (10240, 5120), "o": (5120, 8192), "gate_up": (51200, 5120),
@@ -20,16 +20,16 @@ SHAPES = {"qkv": (10240, 5120), "o": (5120, 8192), "gate_up": (51200, 5120),
 
 
 def main() -> None:
-    ceil = measure_ceilings()
+    bandwidth = copy_bandwidth()
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    print(f"copy {ceil.copy_bytes_per_s / 1e12:.2f} TB/s")
+    print(f"copy {bandwidth / 1e12:.2f} TB/s")
     print("| weight | rows | cuBLAS us | ratio | kernel us (default) | ratio | best us | ratio | best tiles |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, (n, k) in SHAPES.items():
         w = torch.randn(n, k, dtype=torch.bfloat16, device="cuda")
         for m in (2, 16, 64):
             x = torch.randn(m, k, dtype=torch.bfloat16, device="cuda")
-            roof = (n * k + m * (n + k)) * 2 / ceil.copy_bytes_per_s
+            roof = (n * k + m * (n + k)) * 2 / bandwidth
             t_cublas = cuda_graph_time(lambda: F.linear(x, w))
             t_default = cuda_graph_time(lambda: skinny_gemm(x, w))
             bn, bk, split, stages = default_tiles(m, n, k, sms)

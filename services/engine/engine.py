@@ -63,8 +63,7 @@ class Engine:
             sc = replace(sc, num_blocks=self.kv_plan.num_blocks)
         self.scheduler = Scheduler(sc)
         self.runner = ModelRunner(model, sc.num_blocks, sc.block_size, config.attention)
-        if config.cuda_graphs and self.runner.device.type == "cuda" \
-                and self.runner.attention_name == "triton":
+        if config.cuda_graphs and self.runner.can_capture_graphs:
             self.runner.capture_decode_graphs(sc.max_num_seqs)
         self.masks = GrammarMasks(tok.special, tok.vocab_size, model.device)
         self.guided_scores = guided_scores_impl(model.device, config.sampling)

@@ -36,7 +36,7 @@ class KVPlan:
         return self.num_blocks * self.block_bytes
 
 
-def _profile_steps(sc: SchedulerConfig, vocab_rows: int) -> list[StepInput]:
+def _profile_steps(sc: SchedulerConfig, logits_rows: int) -> list[StepInput]:
     """The largest prefill (one row of max_batched_tokens, logits for as many rows as a step
     may sample) and the largest decode step (max_num_seqs rows of one token each)."""
     t, bs = sc.max_batched_tokens, sc.block_size
@@ -44,7 +44,7 @@ def _profile_steps(sc: SchedulerConfig, vocab_rows: int) -> list[StepInput]:
     prefill = StepInput(
         token_ids=[0] * t, positions=list(range(t)), slots=list(range(t)), cu_q=[0, t],
         ctx_lens=[t], block_tables=[list(range(blocks))],
-        logits_rows=list(range(t - min(vocab_rows, t), t)))
+        logits_rows=list(range(t - min(logits_rows, t), t)))
     r = sc.max_num_seqs
     decode = StepInput(
         token_ids=[0] * r, positions=[0] * r, slots=[i * bs for i in range(r)],
@@ -64,11 +64,11 @@ def _peak(runner: ModelRunner, step: StepInput, base: int) -> int:
 def plan_kv_cache(model: Emu35ForCausalLM, sc: SchedulerConfig, utilization: float,
                   attention: str | None = None) -> KVPlan:
     """How many KV blocks fit on ``model``'s CUDA device (see the module docstring)."""
+    if not 0.0 < utilization <= 1.0:
+        raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {utilization}")
     if model.device.type != "cuda":
         raise ValueError("num_blocks: sizing the KV cache from free memory needs a CUDA "
                          "device; set num_blocks explicitly")
-    if not 0.0 < utilization <= 1.0:
-        raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {utilization}")
     dev = model.device
     steps = _profile_steps(sc, sc.max_num_seqs)
     blocks = max(-(-sc.max_batched_tokens // sc.block_size), sc.max_num_seqs)

@@ -97,12 +97,16 @@ class ModelRunner:
         self.attention = attention_impl(self.device, prefer=self.attention_name)
         self.graphs = None  # DecodeGraphs once captured
 
+    @property
+    def can_capture_graphs(self) -> bool:
+        # The reference and flash paths read lengths on the host, which a graph cannot.
+        return self.device.type == "cuda" and self.attention_name == "triton"
+
     def capture_decode_graphs(self, max_rows: int) -> None:
         """Capture decode-only steps at bucketed batch sizes up to ``max_rows`` (CUDA only)."""
         from .cuda_graphs import DecodeGraphs
 
-        if self.device.type != "cuda" or self.attention_name != "triton":
-            # The reference and flash paths read lengths on the host, which a graph cannot.
+        if not self.can_capture_graphs:
             raise RuntimeError("CUDA graphs need a CUDA device and the triton attention")
         self.graphs = DecodeGraphs(self, max_rows)
 

@@ -110,3 +110,12 @@ def test_auto_sizing_needs_cuda(tmp_path):
     model, tok = load_checkpoint(path, device="cpu")
     with pytest.raises(ValueError, match="num_blocks"):
         Engine(model, tok, EngineConfig(SchedulerConfig(num_blocks=None)))
+
+
+def test_utilization_out_of_range_names_the_field(tmp_path):
+    path = _checkpoint(tmp_path)
+    model, tok = load_checkpoint(path, device="cpu")
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="gpu_memory_utilization"):
+            Engine(model, tok, EngineConfig(SchedulerConfig(num_blocks=None),
+                                            gpu_memory_utilization=bad))
