@@ -13,27 +13,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 import triton
 
-from .bench_timing import copy_bandwidth, matmul_rate, median_us
+from .bench_timing import Row, copy_bandwidth, matmul_rate, median_us
 from .paged_attention import paged_attention_reference, paged_attention_triton
 
 HQ, HKV, D = 64, 8, 128
-
-
-@dataclass
-class Row:
-    workload: str
-    variant: str
-    us: float
-    floor_us: float
-
-    @property
-    def ratio(self) -> float:
-        return self.us / self.floor_us
 
 
 def paged_inputs(n_q, ctx, block_size, sets=1, seed=0):

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .bench_timing import copy_bandwidth, median_us
+from .bench_timing import Row, copy_bandwidth, median_us
 from .registry import guided_scores_impl
 from .sampling import guided_scores_triton
 from .token_draw import NEEDS_EXACT, DrawPlan, draw_tokens, draw_tokens_reference
@@ -41,18 +41,6 @@ class Workload:
     guided: bool
     top_k: int
     top_p: float
-
-
-@dataclass
-class Row:
-    workload: str
-    variant: str
-    us: float
-    floor_us: float
-
-    @property
-    def ratio(self) -> float:
-        return self.us / self.floor_us
 
 
 def workloads(sizes=(2, 16, 64)) -> list[Workload]:

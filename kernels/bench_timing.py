@@ -6,8 +6,23 @@ from __future__ import annotations
 
 import statistics
 import time
+from dataclasses import dataclass
 
 import torch
+
+
+@dataclass
+class Row:
+    """One timed variant of a workload against its floor."""
+
+    workload: str
+    variant: str
+    us: float
+    floor_us: float
+
+    @property
+    def ratio(self) -> float:
+        return self.us / self.floor_us
 
 
 def median_us(fn, device="cuda", reps: int = 5, rep_ms: float = 100, warmup: int = 25) -> float:
