@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.bench_timing import copy_bandwidth, matmul_rate
+from kernels.bench_timing import mean_s_back_to_back
 from services.model.config import Emu35Config
 from services.model.text_tokenizer import TextTokenizer
 from services.model.transformer import Emu35ForCausalLM
@@ -56,9 +56,18 @@ class Ceilings:
 
 
 def measure_ceilings(device="cuda") -> Ceilings:
-    ceil = Ceilings(copy_bytes_per_s=copy_bandwidth(device), matmul_flops=matmul_rate(device))
+    """Copy bandwidth (2 GiB each way) and bf16 8192^3 matmul rate, each the mean of 20
+    back-to-back calls."""
+    n = 1 << 30
+    src = torch.empty(n, dtype=torch.bfloat16, device=device).uniform_()
+    dst = torch.empty_like(src)
+    t_copy = mean_s_back_to_back(lambda: dst.copy_(src), iters=20)
+    del src, dst
+    a, b = (torch.randn(8192, 8192, dtype=torch.bfloat16, device=device) for _ in range(2))
+    t_mm = mean_s_back_to_back(lambda: a @ b, iters=20)
+    del a, b
     torch.cuda.empty_cache()
-    return ceil
+    return Ceilings(copy_bytes_per_s=4 * n / t_copy, matmul_flops=2 * 8192 ** 3 / t_mm)
 
 
 def decode_roofline_s(weight_bytes: int, kv_bytes_per_token: int, ctx_lens, ceil: Ceilings) -> float:

@@ -12,7 +12,8 @@ import itertools
 import torch
 import torch.nn.functional as F
 
-from kernels.bench_timing import copy_bandwidth, cuda_graph_time
+from benchmarks.common import measure_ceilings
+from kernels.bench_timing import cuda_graph_time
 from kernels.skinny_gemm import default_tiles, skinny_gemm
 
 SHAPES = {"qkv": (10240, 5120), "o": (5120, 8192), "gate_up": (51200, 5120),
@@ -20,7 +21,7 @@ SHAPES = {"qkv": (10240, 5120), "o": (5120, 8192), "gate_up": (51200, 5120),
 
 
 def main() -> None:
-    bandwidth = copy_bandwidth()
+    bandwidth = measure_ceilings().copy_bytes_per_s
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     print(f"copy {bandwidth / 1e12:.2f} TB/s")
     print("| weight | rows | cuBLAS us | ratio | kernel us (default) | ratio | best us | ratio | best tiles |")

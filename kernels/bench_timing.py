@@ -41,6 +41,20 @@ def median_us(fn, device="cuda", reps: int = 5, rep_ms: float = 100, warmup: int
     return statistics.median(times) * 1e6
 
 
+def mean_s_back_to_back(fn, iters: int, warmup: int = 3) -> float:
+    """Mean seconds per call over ``iters`` calls launched back to back between two CUDA
+    events (no L2 flush): the higher, stricter ceiling the engine benchmark is judged by."""
+    for _ in range(warmup):
+        fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3 / iters
+
+
 def copy_bandwidth(device="cuda", numel: int | None = None, rep_ms: float = 100) -> float:
     """Bytes per second of a large bf16 copy (2 GiB on CUDA), counting read plus written."""
     if numel is None:
@@ -66,4 +80,4 @@ def cuda_graph_time(fn, iters: int = 20) -> float:
     with torch.cuda.graph(graph):
         for _ in range(iters):
             fn()
-    return median_us(graph.replay) * 1e-6 / iters
+    return mean_s_back_to_back(graph.replay, iters=5, warmup=1) / iters
