@@ -120,7 +120,7 @@ def bench_t2i(eng: Engine, tok, size: str) -> dict:
 
 def bench_baseline(model, tok, size: str, tokens: int, image_tokens: int) -> dict:
     p = prepare_prompt(tok, "t2i", "a red fox in the snow, picture baseline", size=size)
-    ref = ReferencePath(model, tok.special.visual_base)
+    ref = ReferencePath(model, tok.special)
     watch = common.Stopwatch()
     ref.prefill(p.cond, p.uncond)
     prefill = watch.stop()

@@ -33,7 +33,7 @@ def test_prefill_then_decode_equals_the_model(tmp_path):
 
 def test_reference_path_samples_visual_tokens(tmp_path):
     model, tok = _model(tmp_path)
-    ref = ReferencePath(model, tok.special.visual_base, top_k=4)
+    ref = ReferencePath(model, tok.special, top_k=4)
     ref.prefill([5, 6, 7], [5, 6])
     tokens = [ref.step() for _ in range(5)]
     assert all(t >= tok.special.visual_base for t in tokens)
