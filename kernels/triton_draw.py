@@ -43,9 +43,9 @@ NUM_BINS = tl.constexpr(256)
 WEIGHT_SCALE = tl.constexpr(2.0 ** 40)  # kernels.token_draw.WEIGHT_BITS
 ROUND_SHIFT = tl.constexpr(2.0 ** 52)
 # Workspace (int64 [n, WORKSPACE_COLS + tiles], zeroed per call): the histogram, then scalars.
-HIST_COLS = 256
-ARRIVED_HIST, ARRIVED_DRAW, SPLIT_BIN, SPLIT_RANK, LIST_LEN = range(HIST_COLS, HIST_COLS + 5)
-WORKSPACE_COLS = HIST_COLS + 8  # then the per-tile weight sums
+ARRIVED_HIST, ARRIVED_DRAW, SPLIT_BIN, SPLIT_RANK, LIST_LEN = (tl.constexpr(256 + c)
+                                                              for c in range(5))
+WORKSPACE_COLS = tl.constexpr(256 + 8)  # then the per-tile weight sums
 
 
 @triton.jit
@@ -200,7 +200,7 @@ def _select_in_list(row_ptr, ids_ptr, n_ids, rank, BLOCK: tl.constexpr):
     pass, most significant first); 0 (keep every finite score) for an empty list."""
     prefix = tl.zeros([], tl.int64)
     for level in tl.static_range(4):
-        shift: tl.constexpr = 24 - 8 * level
+        shift = 24 - 8 * level
         hist = tl.zeros([NUM_BINS], tl.int32)
         for start in range(0, n_ids, BLOCK):
             offs = start + tl.arange(0, BLOCK)
@@ -271,7 +271,7 @@ def draw_top_k(scores: torch.Tensor, top_k: torch.Tensor, uniforms: torch.Tensor
     n_chunks = triton.cdiv(tiles, per_chunk)
     dev = scores.device
     stats = torch.empty(n, 2, n_chunks, device=dev, dtype=torch.float32)
-    ws = torch.zeros(n, WORKSPACE_COLS + tiles, device=dev, dtype=torch.int64)
+    ws = torch.zeros(n, WORKSPACE_COLS.value + tiles, device=dev, dtype=torch.int64)
     ids = torch.empty(n, vocab, device=dev, dtype=torch.int32)
     gather = rows is not None
     rows = rows if gather else top_k  # any pointer: unread without GATHER
