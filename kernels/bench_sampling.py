@@ -10,7 +10,10 @@ measured in the same run (bytes read plus written, DESIGN.md §6): the guided-sc
 each stream once and writes the scores; the draw reads the scores once; a whole step at best
 reads the logits once. ``legacy`` is the previous sampler (log-softmax CFG on gathered rows, a
 [R, V] mask, one topk, full sorts for top-p, softmax and a per-row torch.multinomial with the
-request's generator in a Python loop). Prints one table; with ``$OUT`` set, also JSON there.
+request's generator in a Python loop). Image rows (top-k, no top-p) also time the previous
+topk draw (``draw topk (previous)``) beside the default (on CUDA the sort-free Triton draw,
+:mod:`kernels.triton_draw`, with its tunings as ``draw sort-free ...``); the closing lines
+give both per workload. Prints one table; with ``$OUT`` set, also JSON there.
 """
 from __future__ import annotations
 
@@ -31,6 +34,9 @@ VOCAB, VISUAL_BASE = 282926, 151854
 KERNEL_VARIANTS = {"block=1024,w4": dict(block=1024, num_warps=4),
                    "block=4096,w8": dict(block=4096), "4 programs/SM": dict(programs_per_sm=4),
                    "16 programs/SM": dict(programs_per_sm=16)}
+# Sort-free Triton draw tunings (kernels.triton_draw) measured beside the default (CUDA only).
+DRAW_VARIANTS = {"block=1024": dict(block=1024), "block=4096": dict(block=4096),
+                 "2 programs/SM": dict(programs_per_sm=2), "8 programs/SM": dict(programs_per_sm=8)}
 TEXT_ROW, VISUAL_ROW = 0, 2  # rows of mask_table
 
 
@@ -125,14 +131,15 @@ def _legacy_filter(scores, top_k, top_p):
 
 def bench(w: Workload, vocab: int, visual_base: int, device, bw: float, impl, reps: int
           ) -> tuple[list[Row], bool]:
-    """Rows for one workload, and whether the fast draw equals the plain path."""
+    """Rows for one workload, and whether the fast draws equal the plain path."""
     x = make_inputs(w, vocab, visual_base, device)
     row_bytes = w.rows * vocab * 4
     streams = 2 if w.guided else 1
     scores = guided(x, impl)
     draw_args = (scores, x["top_k"], x["top_p"], x["uniforms"])
-    fast, plain = draw_tokens(*draw_args, x["plan"]), draw_tokens_reference(*draw_args)
-    same = torch.equal(torch.where(fast == NEEDS_EXACT, plain, fast), plain)  # as the sampler
+    plain = draw_tokens_reference(*draw_args)
+    same = all(_draws_plain(draw_tokens(*draw_args, x["plan"], select=select), plain)
+               for select in ("torch", "triton" if device == "cuda" else "torch"))
     gens = [torch.Generator(device=device).manual_seed(i) for i in range(w.rows)]
 
     def floor(nbytes):
@@ -144,10 +151,41 @@ def bench(w: Workload, vocab: int, visual_base: int, device, bw: float, impl, re
         ("sample new (+sync)", lambda: new_sample(x, impl), floor(streams * row_bytes)),
         ("sample legacy (+sync)", lambda: legacy_sample(x, gens), floor(streams * row_bytes)),
     ]
+    if x["plan"].select_rows:  # image rows: the previous (topk) draw beside the default
+        timed[2:2] = [("draw topk (previous)",
+                       lambda: draw_tokens(*draw_args, x["plan"], select="torch"),
+                       floor(row_bytes))]
+        if device == "cuda":
+            timed[2:2] = _draw_variants(x, scores, floor(row_bytes))
     if impl is guided_scores_triton:
         timed[1:1] = [(f"guided scores {name}", lambda kw=kw: guided(x, impl, **kw),
                        timed[0][2]) for name, kw in KERNEL_VARIANTS.items()]
-    return [Row(w.name, name, median_us(fn, device, reps, rep_ms=reps * 5, warmup=10), fl) for name, fn, fl in timed], same
+    return [Row(w.name, name, median_us(fn, device, reps, rep_ms=reps * 5, warmup=10), fl)
+            for name, fn, fl in timed], same
+
+
+def _draws_plain(tokens: torch.Tensor, plain: torch.Tensor) -> bool:
+    """As the sampler: rows marked NEEDS_EXACT are redone on the plain path."""
+    return torch.equal(torch.where(tokens == NEEDS_EXACT, plain, tokens), plain)
+
+
+def _draw_variants(x: dict, scores: torch.Tensor, floor_us: float) -> list[tuple]:
+    from .triton_draw import draw_top_k
+
+    out = torch.zeros(x["uniforms"].shape, dtype=torch.int64, device=scores.device)
+    return [(f"draw sort-free {name}",
+             lambda kw=kw: draw_top_k(scores, x["top_k"], x["uniforms"], out, **kw), floor_us)
+            for name, kw in DRAW_VARIANTS.items()]
+
+
+def summary(w: Workload, rows: list[Row]) -> str:
+    us = {r.variant: r.us for r in rows if r.workload == w.name}
+    line = (f"{w.name}: new sampler {us['sample legacy (+sync)'] / us['sample new (+sync)']:.1f}x"
+            f" faster than legacy ({us['sample new (+sync)']:.1f} us)")
+    if "draw topk (previous)" in us:
+        line += (f"; draw {us['draw fast']:.1f} us vs {us['draw topk (previous)']:.1f} us"
+                 f" before ({us['draw topk (previous)'] / us['draw fast']:.1f}x)")
+    return line
 
 
 def main(argv=None) -> None:
@@ -174,10 +212,9 @@ def main(argv=None) -> None:
     for r in rows:
         print(f"{r.workload:<18} {r.variant:<30} {r.us:10.1f} {r.floor_us:9.1f} {r.ratio:8.2f}")
     for w in workloads(sizes):
-        us = {r.variant: r.us for r in rows if r.workload == w.name}
-        print(f"{w.name}: new sampler {us['sample legacy (+sync)'] / us['sample new (+sync)']:.1f}x"
-              " faster than legacy")
-    print(f"fast draw tokens equal the plain full-vocabulary path: {all_same}")
+        print(summary(w, rows))
+    print("fast draw tokens (topk and sort-free paths) equal the plain full-vocabulary path: "
+          f"{all_same}")
     if os.environ.get("OUT"):
         with open(os.path.join(os.environ["OUT"], "bench_sampling.json"), "w") as f:
             json.dump({"device": name, "copy_Bps": bw, "tokens_equal_plain": all_same,

@@ -10,6 +10,10 @@ anywhere else; ``EMU35_FUSED=1`` / ``0`` forces one or the other.
 Guided sampling scores: ``triton`` on CUDA, else ``reference``;
 ``EMU35_SAMPLING=reference|triton`` overrides.
 
+Token draw for top-k rows without top-p (:func:`kernels.token_draw.draw_tokens`): ``triton``
+(sort-free, :mod:`kernels.triton_draw`) on CUDA when Triton is installed, else ``torch`` (one
+topk); ``EMU35_DRAW=torch|triton`` overrides.
+
 A ``prefer`` argument overrides the env vars. Names resolve to functions only when asked for,
 so CPU-only use never imports Triton.
 """
@@ -33,6 +37,8 @@ FUSED_CHOICES = {"0": "reference", "1": "triton"}
 
 SAMPLING_IMPLEMENTATIONS = ("reference", "triton")
 SAMPLING_ENV_VAR = "EMU35_SAMPLING"
+DRAW_IMPLEMENTATIONS = ("torch", "triton")
+DRAW_ENV_VAR = "EMU35_DRAW"
 
 
 def _requested(kind: str, choices: tuple[str, ...], env_var: str, prefer: str | None
@@ -114,3 +120,13 @@ def guided_scores_impl(device: torch.device | str, prefer: str | None = None) ->
     name = sampling_impl_name(device, prefer)
     return {"reference": sampling.guided_scores_reference,
             "triton": sampling.guided_scores_triton}[name]
+
+
+def draw_impl_name(device: torch.device | str, prefer: str | None = None) -> str:
+    """How :func:`kernels.token_draw.draw_tokens` draws top-k rows without top-p on
+    ``device``: ``prefer``, else ``EMU35_DRAW``, else ``triton`` on CUDA when Triton is
+    installed and ``torch`` elsewhere."""
+    name = _requested("draw", DRAW_IMPLEMENTATIONS, DRAW_ENV_VAR, prefer)
+    if name is not None:
+        return name
+    return "triton" if torch.device(device).type == "cuda" and triton_installed() else "torch"

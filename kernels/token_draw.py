@@ -16,12 +16,16 @@ a GPU: a row's token never depends on the batch around it. (Rounding moves each 
 most 2^-41 of the top token's, and tokens below that get none: summed over all 282,926 ids the
 distribution moves by < 1.3e-7, below the fp32 rounding of the scores themselves.)
 
-Fast path (:func:`draw_tokens`): one ``torch.topk`` with the batch's largest k; each row masks
-the candidates below its own k-th score; a full-row count of the scores tied at or above that
-k-th score proves the candidates complete (else the row is marked -1 for the exact path); top-p
-sorts the k candidates only; the draw reorders them by id. Rows without top-k never sort
-unless they use top-p (then the full-sort path: the slow path). Routing is decided on the host
-from the parameters (:class:`DrawPlan`), so the path never waits for the device.
+Fast paths (:func:`draw_tokens`), chosen per row on the host from the parameters
+(:class:`DrawPlan`), so the path never waits for the device:
+
+- top-k without top-p (image rows) on CUDA: :mod:`kernels.triton_draw`, no sort at all (a
+  histogram then a radix select find the k-th score, exact int64 tile sums find the token);
+- top-k rows otherwise: one ``torch.topk`` with the largest k among them; each row masks the
+  candidates below its own k-th score; a full-row count of the scores tied at or above that
+  k-th score proves the candidates complete (else the row is marked -1 for the exact path);
+  top-p sorts the k candidates only; the draw reorders them by id;
+- rows without top-k never sort unless they use top-p (then the full-sort path: the slow path).
 """
 from __future__ import annotations
 
@@ -29,6 +33,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+
+from .registry import draw_impl_name
 
 NEG_INF = float("-inf")
 WEIGHT_BITS = 40
@@ -102,14 +108,17 @@ def draw_tokens_reference(scores: torch.Tensor, top_k: torch.Tensor, top_p: torc
 class DrawPlan:
     """Which path each row takes, from the host-side parameters (no device sync).
 
-    top_k_rows: 1 < k < V (one topk with ``k_max``); greedy_rows: k == 1; full_rows: no top-k,
-    no top-p (no sort at all); sorted_rows: no top-k but top-p (the full-sort slow path).
-    Skipped rows (forced tokens) are in none of them."""
+    select_rows: 1 < k < V without top-p (image rows: the sort-free Triton draw on CUDA, else
+    one topk with ``select_k_max``); top_k_rows: 1 < k < V with top-p (one topk with
+    ``k_max``); greedy_rows: k == 1; full_rows: no top-k, no top-p (no sort at all);
+    sorted_rows: no top-k but top-p (the full-sort slow path). Skipped rows (forced tokens)
+    are in none of them."""
 
     num_rows: int
+    select_rows: tuple[int, ...]
+    select_k_max: int
     top_k_rows: tuple[int, ...]
     k_max: int
-    top_p_in_top_k: bool
     greedy_rows: tuple[int, ...]
     full_rows: tuple[int, ...]
     sorted_rows: tuple[int, ...]
@@ -120,24 +129,38 @@ class DrawPlan:
         skip = skip or [False] * len(top_k)
         rows = [r for r in range(len(top_k)) if not skip[r]]
         k_on = [r for r in rows if 1 < top_k[r] < vocab_size]
+        select = [r for r in k_on if top_p[r] >= 1.0]
+        with_p = [r for r in k_on if top_p[r] < 1.0]
         k_off = [r for r in rows if top_k[r] != 1 and not 0 < top_k[r] < vocab_size]
         return cls(
-            num_rows=len(top_k), top_k_rows=tuple(k_on),
-            k_max=max((top_k[r] for r in k_on), default=0),
-            top_p_in_top_k=any(top_p[r] < 1.0 for r in k_on),
+            num_rows=len(top_k), select_rows=tuple(select),
+            select_k_max=max((top_k[r] for r in select), default=0),
+            top_k_rows=tuple(with_p), k_max=max((top_k[r] for r in with_p), default=0),
             greedy_rows=tuple(r for r in rows if top_k[r] == 1),
             full_rows=tuple(r for r in k_off if top_p[r] >= 1.0),
             sorted_rows=tuple(r for r in k_off if top_p[r] < 1.0))
 
 
 def draw_tokens(scores: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
-                uniforms: torch.Tensor, plan: DrawPlan) -> torch.Tensor:
+                uniforms: torch.Tensor, plan: DrawPlan, select: str | None = None
+                ) -> torch.Tensor:
     """int64 [R]: each row's token, equal to :func:`draw_tokens_reference`; ``NEEDS_EXACT``
-    where a row's ties at its k-th score overflow ``plan.k_max`` (redo those rows with the
-    reference); 0 on skipped rows. scores: fp32 [R, V]; top_k int64, top_p and uniforms
-    float64, all [R] on the scores' device."""
+    where a row's ties at its k-th score overflow the topk path's shared k (redo those rows
+    with the reference); 0 on skipped rows. scores: fp32 [R, V]; top_k int64, top_p and
+    uniforms float64, all [R] on the scores' device. ``select``: ``"triton"`` or ``"torch"``
+    for ``plan.select_rows`` (default: :func:`kernels.registry.draw_impl_name`)."""
     tokens = torch.zeros(plan.num_rows, dtype=torch.int64, device=scores.device)
-    paths = ((plan.top_k_rows, lambda *a: _draw_top_k(*a, plan.k_max, plan.top_p_in_top_k)),
+    if plan.select_rows and draw_impl_name(scores.device, select) == "triton":
+        from .triton_draw import draw_top_k  # lazy: imports triton
+
+        whole = len(plan.select_rows) == plan.num_rows
+        draw_top_k(scores.contiguous(), top_k, uniforms, tokens,  # writes tokens in place
+                   None if whole else _device_index(plan.select_rows, scores.device))
+        select_path = ()
+    else:
+        select_path = ((plan.select_rows, lambda *a: _draw_top_k(*a, plan.select_k_max, False)),)
+    paths = (*select_path,
+             (plan.top_k_rows, lambda *a: _draw_top_k(*a, plan.k_max, True)),
              (plan.full_rows, lambda s, k, p, u: inverse_cdf(fixed_point_weights(s), u)),
              (plan.sorted_rows, lambda s, k, p, u: inverse_cdf(
                  fixed_point_weights(_top_p_full(s, p)), u)),
@@ -148,10 +171,14 @@ def draw_tokens(scores: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
         if len(rows) == plan.num_rows:  # the whole batch: no gather
             tokens = draw(scores, top_k, top_p, uniforms)
             continue
-        index = torch.tensor(rows).to(scores.device, non_blocking=True)
+        index = _device_index(rows, scores.device)
         picked = (t.index_select(0, index) for t in (scores, top_k, top_p, uniforms))
         tokens = tokens.index_copy(0, index, draw(*picked))
     return tokens
+
+
+def _device_index(rows: Sequence[int], device) -> torch.Tensor:
+    return torch.tensor(rows).to(device, non_blocking=True)
 
 
 def _draw_top_k(scores: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,

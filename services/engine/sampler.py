@@ -7,7 +7,9 @@ kept) -> the inverse-CDF draw with the token's own uniform (:mod:`kernels.token_
 Every row is computed independently of the others and its uniform is fixed by (request seed,
 output index), so a request's tokens do not depend on which requests share its batch. A step
 syncs with the device once, for the tokens; a second time only in the rare step where a row's
-ties at its k-th score overflow the batch's shared top-k (that row is then redone exactly).
+ties at its k-th score overflow the shared top-k (that row is then redone exactly). On CUDA,
+image rows (top-k without top-p) take the sort-free draw instead, which is exact by
+construction; the shared top-k is left to the top-p rows.
 """
 from __future__ import annotations
 

@@ -90,3 +90,18 @@ def test_elementwise_env_and_prefer(monkeypatch):
         elementwise_ops_name("cpu")
     with pytest.raises(ValueError, match="cudnn"):
         elementwise_ops_name("cpu", prefer="cudnn")
+
+
+def test_draw_triton_on_cuda_torch_elsewhere(monkeypatch):
+    monkeypatch.delenv("EMU35_DRAW", raising=False)
+    monkeypatch.setattr(registry, "triton_installed", lambda: True)
+    assert registry.draw_impl_name("cpu") == "torch"
+    assert registry.draw_impl_name("cuda:0") == "triton"
+    monkeypatch.setattr(registry, "triton_installed", lambda: False)
+    assert registry.draw_impl_name("cuda") == "torch"
+    monkeypatch.setenv("EMU35_DRAW", "triton")
+    assert registry.draw_impl_name("cpu") == "triton"
+    assert registry.draw_impl_name("cpu", prefer="torch") == "torch"
+    monkeypatch.setenv("EMU35_DRAW", "sorted")
+    with pytest.raises(ValueError, match="sorted"):
+        registry.draw_impl_name("cpu")

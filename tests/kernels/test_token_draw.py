@@ -102,8 +102,8 @@ def test_ties_beyond_the_shared_top_k_go_to_the_exact_path():
     assert marked == 1
     assert fixed.tolist() == [oracle_sample(scores[r], SamplingParams(3, top_p[r]), uniforms[r])
                               for r in range(2)]
-    # with a larger shared k (another row's) the same row needs no exact path
-    _, marked = fast_draw(scores, [3, 50], top_p, uniforms)
+    # with a larger shared k (another top-p row's) the same row needs no exact path
+    _, marked = fast_draw(scores, [3, 50], [0.9, 0.5], uniforms)
     assert marked == 0
 
 
@@ -125,7 +125,8 @@ def test_draws_follow_the_filtered_distribution():
 def test_plan_routes_rows_and_skips_forced_ones():
     plan = DrawPlan.build([0, 1, 5, 10, 0, 100, 7], [1.0, 0.5, 1.0, 0.9, 0.3, 0.2, 1.0], 100,
                           skip=[False] * 6 + [True])
-    assert plan.top_k_rows == (2, 3) and plan.k_max == 10 and plan.top_p_in_top_k
+    assert plan.select_rows == (2,) and plan.select_k_max == 5
+    assert plan.top_k_rows == (3,) and plan.k_max == 10
     assert plan.greedy_rows == (1,) and plan.full_rows == (0,) and plan.sorted_rows == (4, 5)
     scores = torch.randn(7, 100)
     out = draw_tokens(scores, *tensors([0, 1, 5, 10, 0, 100, 7], [1.0] * 7, [0.5] * 7), plan)
