@@ -22,13 +22,16 @@ from .events import Event, Finished, ImageComplete, ImageProgress, ImageStarted,
 from .grammar import GrammarState, Mode, StepKind, Transition, grid_from_prompt
 from .request import GenerationRequest, GuidanceMode, RequestError, StopRule
 from .memory import plan_kv_cache
-from .runner import ModelRunner, build_step_input
+from .runner import ModelRunner, StepInput, build_step_input
 from .rng import token_uniform
 from .sampler import GrammarMasks, PendingTokens, RowSampling, SamplingBatch, draw
 from .scheduler import Scheduler, SchedulerConfig, StepPlan
 from .sequence import GuidanceGroup, Role, Sequence, Status
 
 log = logging.getLogger(__name__)
+
+# Step kinds whose token does not change what comes next (see _InFlight).
+_BLIND_KINDS = (StepKind.VISUAL, StepKind.FORCED)
 
 
 @dataclass(frozen=True)
@@ -56,10 +59,19 @@ class _Live:
 
 @dataclass
 class _InFlight:
-    """A launched step whose tokens the host has not read yet."""
+    """A launched step whose tokens the host has not read yet.
+
+    ``stand_ins``: when every sampling row is a forced or a visual token, what the next
+    schedule needs does not depend on the drawn values (a visual token only moves the grammar
+    one place on; forced tokens are known), so the step is settled before the sync with the
+    forced tokens and a placeholder -(row + 1) per visual token, patched in once read."""
 
     groups: list[GuidanceGroup]   # the groups that sample, in token order
     tokens: PendingTokens | None  # None: prefill chunks only
+    stand_ins: list[int] | None = None
+
+    def read(self) -> list[int]:
+        return self.tokens.read() if self.tokens is not None else []
 
 
 @dataclass
@@ -67,7 +79,8 @@ class _Settled:
     """One sampled token applied to its group; its events come after the next launch."""
 
     group: GuidanceGroup
-    token: int
+    token: int                 # a stand-in (< 0) until _fill
+    row: int                   # in the step's sampling rows
     was_image: bool
     tr: Transition
     image_index: int
@@ -149,25 +162,31 @@ class Engine:
         """Finish the step in flight, launch the next one, then produce the finished step's
         events while the device computes (with ``config.pipeline``; else one whole step)."""
         events, self.pending_events = self.pending_events, []
-        settled = self._settle() if self.in_flight else []
+        flight, self.in_flight = self.in_flight, None
+        blind = flight is not None and flight.stand_ins is not None
+        settled = self._settle(flight, flight.stand_ins if blind else flight.read()) if flight else []
         plan = self.scheduler.schedule(self._needs_logits)
+        step_input = build_step_input(plan, self.scheduler.pool.block_size) if plan.chunks else None
+        if blind:  # the step was planned on stand-ins: now wait for the real tokens
+            self._fill(settled, flight.read(), step_input)
         if plan.chunks:
-            self._launch(plan)
+            self._launch(plan, step_input)
         elif self.scheduler.has_work() and not (settled or events or plan.preempted):
             # Never spin silently: with nothing schedulable the queue cannot drain.
             raise RuntimeError("engine made no progress: the waiting request cannot be "
                                "admitted with the KV cache available")
         if self.in_flight and not self.config.pipeline:
-            settled += self._settle()
+            flight, self.in_flight = self.in_flight, None
+            settled += self._settle(flight, flight.read())
         self._emit(settled, events)
         return events
 
     def _needs_logits(self, group: GuidanceGroup, role: Role) -> bool:
         return group.grammar.next_step()[0] is StepKind.VISUAL
 
-    def _launch(self, plan: StepPlan) -> None:
+    def _launch(self, plan: StepPlan, step_input: StepInput) -> None:
         """Queue the step's forward, then its sampling, without waiting for either."""
-        logits = self.runner.execute(build_step_input(plan, self.scheduler.pool.block_size))
+        logits = self.runner.execute(step_input)
         now = time.monotonic()
         rows: dict[tuple[int, Role], torch.Tensor] = {}
         i = 0
@@ -180,15 +199,19 @@ class Engine:
             if c.need_logits:
                 rows[(id(c.group), c.seq.role)] = logits[i]
                 i += 1
-        tokens = self._launch_sampling(plan.sampling, rows) if plan.sampling else None
-        self.in_flight = _InFlight(plan.sampling, tokens)
+        self.in_flight = _InFlight(plan.sampling, None)
+        if plan.sampling:
+            self._launch_sampling(self.in_flight, rows)
 
-    def _launch_sampling(self, groups, rows) -> PendingTokens:
-        batch = self._sampling_batch(groups)
+    def _launch_sampling(self, flight: _InFlight, rows) -> None:
+        groups = flight.groups
+        batch, kinds = self._sampling_batch(groups)
         cond = torch.stack([rows[(id(g), Role.COND)] for g in groups])  # [R, V]
         uncond = self._guide_logits(groups, rows, Role.UNCOND)
         full = self._guide_logits(groups, rows, Role.FULL_UNCOND)
-        return draw(cond, uncond, full, batch, self.masks, self.guided_scores)
+        flight.tokens = draw(cond, uncond, full, batch, self.masks, self.guided_scores)
+        if self.config.pipeline and all(k in _BLIND_KINDS for k, _ in kinds):
+            flight.stand_ins = [f if f >= 0 else -(i + 1) for i, (_, f) in enumerate(kinds)]
 
     @staticmethod
     def _guide_logits(groups, rows, role: Role) -> torch.Tensor | None:
@@ -198,10 +221,12 @@ class Engine:
             return None
         return torch.stack([rows.get((id(g), role), rows[(id(g), Role.COND)]) for g in groups])
 
-    def _sampling_batch(self, groups: list[GuidanceGroup]) -> SamplingBatch:
-        rows = []
+    def _sampling_batch(self, groups: list[GuidanceGroup]):
+        """The batch, and each row's (kind, forced token)."""
+        rows, kinds = [], []
         for g in groups:
             kind, forced = g.grammar.next_step()
+            kinds.append((kind, forced))
             req = g.request
             guided = kind is StepKind.VISUAL and Role.UNCOND in g.seqs
             three_way = guided and Role.FULL_UNCOND in g.seqs
@@ -212,7 +237,7 @@ class Engine:
                 cfg_scale=req.guidance.scale if guided else 1.0,
                 image_cfg_scale=req.guidance.image_scale,
                 uniform=token_uniform(req.seed, len(g.output)) if forced < 0 else 0.0))
-        return SamplingBatch.build(rows, self.tok.vocab_size, self.model.device)
+        return SamplingBatch.build(rows, self.tok.vocab_size, self.model.device), kinds
 
     def _boi_fits(self, group: GuidanceGroup) -> bool:
         """An image may start only if a known grid fits the remaining budget (spec §12 item
@@ -222,18 +247,30 @@ class Engine:
         return grid is None or grid.span_length <= left
 
     # ------------------------------------------------- settle (before the next launch)
-    def _settle(self) -> list[_Settled]:
-        """Wait for the in-flight step's tokens and apply what the next schedule depends on:
-        streams, grammar, stops and frees. Everything else waits for :meth:`_emit`."""
-        flight, self.in_flight = self.in_flight, None
-        if flight.tokens is None:
-            return []  # prefill chunks only: nothing to read
-        tokens = flight.tokens.read()
+    def _settle(self, flight: _InFlight, tokens: list[int]) -> list[_Settled]:
+        """Apply a step's tokens as far as the next schedule depends on them: streams,
+        grammar, stops and frees. Everything else waits for :meth:`_emit`."""
         now = time.monotonic()
-        return [self._advance(g, t, now) for g, t in zip(flight.groups, tokens)
+        return [self._advance(g, t, now, row) for row, (g, t) in enumerate(zip(flight.groups, tokens))
                 if g.status is Status.RUNNING]  # aborted since the launch: token dropped
 
-    def _advance(self, group: GuidanceGroup, token: int, now: float) -> _Settled:
+    @staticmethod
+    def _fill(settled: list[_Settled], tokens: list[int], step_input: StepInput | None) -> None:
+        """Replace the stand-ins (``_InFlight``) by the drawn tokens: in the streams, and in the
+        next step's input, where a stand-in can only be a row's last token."""
+        for d in settled:
+            if d.token < 0:
+                d.token = token = tokens[d.row]
+                d.group.output[-1] = token
+                for seq in d.group.seqs.values():  # the guides took it too (image mode)
+                    seq.tokens[-1] = token
+        if step_input is not None:
+            ids = step_input.token_ids
+            for end in step_input.cu_q[1:]:
+                if ids[end - 1] < 0:
+                    ids[end - 1] = tokens[-ids[end - 1] - 1]
+
+    def _advance(self, group: GuidanceGroup, token: int, now: float, row: int) -> _Settled:
         g = group.grammar
         group.first_token_at = group.first_token_at or now
         was_image = g.in_image()
@@ -242,7 +279,7 @@ class Engine:
         tr = g.advance(token)
         if was_image or tr.image_entered:
             self._feed_guides(group, token, tr.image_entered)
-        done = _Settled(group, token, was_image, tr, g.images_done - int(tr.image_done),
+        done = _Settled(group, token, row, was_image, tr, g.images_done - int(tr.image_done),
                         self.live[group.request_id])
         done.reason = self._stop_reason(group, token)
         if done.reason:
