@@ -1,7 +1,15 @@
 """The engine core: schedule -> run -> sample -> advance, one step at a time, in-process.
 
-``Engine.step()`` returns the events of that step; callers (the offline CLI, the generator
-stage) drive it. A request's streams live in one GuidanceGroup (DESIGN.md §5).
+``Engine.step()`` returns events; callers (the offline CLI, the generator stage) drive it. A
+request's streams live in one GuidanceGroup (DESIGN.md §5).
+
+The device must not wait for the host between steps, so a step is pipelined over two calls:
+call N launches forward + sampling of step N and returns; call N+1 reads step N's tokens and
+settles them (streams, grammar, stops, frees), schedules and launches step N+1, and only then
+makes step N's events (detokenizer, image events, Finished), which the caller handles while
+the device computes. When every row of step N is a forced or visual token, nothing the
+schedule needs depends on the drawn values, so step N+1 is even planned before the sync
+(``_InFlight``). ``EngineConfig(pipeline=False)`` runs one whole step per call instead.
 """
 from __future__ import annotations
 
@@ -164,7 +172,9 @@ class Engine:
         events, self.pending_events = self.pending_events, []
         flight, self.in_flight = self.in_flight, None
         blind = flight is not None and flight.stand_ins is not None
-        settled = self._settle(flight, flight.stand_ins if blind else flight.read()) if flight else []
+        settled = []
+        if flight is not None:
+            settled = self._settle(flight, flight.stand_ins if blind else flight.read())
         plan = self.scheduler.schedule(self._needs_logits)
         step_input = build_step_input(plan, self.scheduler.pool.block_size) if plan.chunks else None
         if blind:  # the step was planned on stand-ins: now wait for the real tokens
@@ -251,7 +261,8 @@ class Engine:
         """Apply a step's tokens as far as the next schedule depends on them: streams,
         grammar, stops and frees. Everything else waits for :meth:`_emit`."""
         now = time.monotonic()
-        return [self._advance(g, t, now, row) for row, (g, t) in enumerate(zip(flight.groups, tokens))
+        return [self._advance(g, t, now, row)
+                for row, (g, t) in enumerate(zip(flight.groups, tokens))
                 if g.status is Status.RUNNING]  # aborted since the launch: token dropped
 
     @staticmethod
