@@ -178,6 +178,8 @@ class Engine:
         plan = self.scheduler.schedule(self._needs_logits)
         step_input = build_step_input(plan, self.scheduler.pool.block_size) if plan.chunks else None
         if blind:  # the step was planned on stand-ins: now wait for the real tokens
+            if step_input is not None:
+                self.runner.stage(step_input)
             self._fill(settled, flight.read(), step_input)
         if plan.chunks:
             self._launch(plan, step_input)
