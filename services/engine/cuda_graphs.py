@@ -44,6 +44,7 @@ class DecodeGraphs:
         self.logits = torch.zeros(b, model.config.vocab_size, dtype=torch.float32, device=dev)
         self.pool = torch.cuda.graph_pool_handle()
         self.copied = torch.cuda.Event()  # the last step's uploads left the pinned buffers
+        self.staged: StepInput | None = None  # the step whose buffers stage() wrote
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         for size in reversed(self.buckets):  # largest first: later graphs reuse its pool
             self.graphs[size] = self._capture(size)
@@ -72,20 +73,31 @@ class DecodeGraphs:
         return (len(step.ctx_lens) <= self.buckets[-1]
                 and max(len(t) for t in step.block_tables) <= self.width)
 
-    def replay(self, step: StepInput) -> torch.Tensor:
-        """fp32 logits [len(step.logits_rows), vocab] of a decode-only step."""
+    def stage(self, step: StepInput) -> None:
+        """Write everything of a step but its token ids into the pinned buffers: the engine
+        calls this before the previous step's tokens are known, to keep it off the time the
+        device waits."""
         n = len(step.ctx_lens)
         b = next(s for s in self.buckets if s >= n)
-        self.copied.synchronize()
+        self.copied.synchronize()  # the previous upload left the buffers (it ran first)
         meta = self.host_meta.numpy()
-        meta[0, :n], meta[1, :n], meta[2, :n], meta[3, :n] = (
-            step.token_ids, step.positions, step.slots, step.ctx_lens)
+        meta[1, :n], meta[2, :n], meta[3, :n] = step.positions, step.slots, step.ctx_lens
         meta[:, n:b] = self.pad.numpy()[:, None]
         tables = self.host_tables.numpy()
         for r, t in enumerate(step.block_tables):
             tables[r, :len(t)] = t  # entries past a row's context are never read
         tables[n:b, 0] = self.runner.scratch_block
-        # Pinned buffers are rewritten next step only after this step's logits were read.
+        self.staged = step
+
+    def replay(self, step: StepInput) -> torch.Tensor:
+        """fp32 logits [len(step.logits_rows), vocab] of a decode-only step."""
+        if self.staged is not step:
+            self.stage(step)
+        self.staged = None
+        n = len(step.ctx_lens)
+        b = next(s for s in self.buckets if s >= n)
+        self.host_meta.numpy()[0, :n] = step.token_ids
+        # The next stage() waits for these uploads (``copied``) before rewriting the buffers.
         self.meta.copy_(self.host_meta, non_blocking=True)
         self.tables[:b].copy_(self.host_tables[:b], non_blocking=True)
         self.copied.record()

@@ -1,7 +1,15 @@
 """The engine core: schedule -> run -> sample -> advance, one step at a time, in-process.
 
-``Engine.step()`` returns the events of that step; callers (the offline CLI, the generator
-stage) drive it. A request's streams live in one GuidanceGroup (DESIGN.md §5).
+``Engine.step()`` returns events; callers (the offline CLI, the generator stage) drive it. A
+request's streams live in one GuidanceGroup (DESIGN.md §5).
+
+The device must not wait for the host between steps, so a step is pipelined over two calls:
+call N launches forward + sampling of step N and returns; call N+1 reads step N's tokens and
+settles them (streams, grammar, stops, frees), schedules and launches step N+1, and only then
+makes step N's events (detokenizer, image events, Finished), which the caller handles while
+the device computes. When every row of step N is a forced or visual token, nothing the
+schedule needs depends on the drawn values, so step N+1 is even planned before the sync
+(``_InFlight``). ``EngineConfig(pipeline=False)`` runs one whole step per call instead.
 """
 from __future__ import annotations
 
@@ -19,16 +27,19 @@ from services.model.transformer import Emu35ForCausalLM
 
 from .detokenizer import IncrementalDetokenizer
 from .events import Event, Finished, ImageComplete, ImageProgress, ImageStarted, TextDelta, Usage
-from .grammar import GrammarState, Mode, StepKind, grid_from_prompt
+from .grammar import GrammarState, Mode, StepKind, Transition, grid_from_prompt
 from .request import GenerationRequest, GuidanceMode, RequestError, StopRule
 from .memory import plan_kv_cache
-from .runner import ModelRunner, build_step_input
+from .runner import ModelRunner, StepInput, build_step_input
 from .rng import token_uniform
-from .sampler import GrammarMasks, RowSampling, SamplingBatch, sample
-from .scheduler import Scheduler, SchedulerConfig
+from .sampler import GrammarMasks, PendingTokens, RowSampling, SamplingBatch, draw
+from .scheduler import Scheduler, SchedulerConfig, StepPlan
 from .sequence import GuidanceGroup, Role, Sequence, Status
 
 log = logging.getLogger(__name__)
+
+# Step kinds whose token does not change what comes next (see _InFlight).
+_BLIND_KINDS = (StepKind.VISUAL, StepKind.FORCED)
 
 
 @dataclass(frozen=True)
@@ -41,6 +52,9 @@ class EngineConfig:
     # memory leaves after weights, activations and graphs (memory.py).
     gpu_memory_utilization: float = 0.90
     sampling: str | None = None   # guided scores: "reference" | "triton"; None picks by device
+    # step() launches the next forward before producing the last step's events, so the
+    # device does not wait for them (False: each step() runs one step start to finish).
+    pipeline: bool = True
 
 
 @dataclass
@@ -49,6 +63,38 @@ class _Live:
 
     detok: IncrementalDetokenizer
     scheduled_at: float | None = None
+
+
+@dataclass
+class _InFlight:
+    """A launched step whose tokens the host has not read yet.
+
+    ``stand_ins``: when every sampling row is a forced or a visual token, what the next
+    schedule needs does not depend on the drawn values (a visual token only moves the grammar
+    one place on; forced tokens are known), so the step is settled before the sync with the
+    forced tokens and a placeholder -(row + 1) per visual token, patched in once read."""
+
+    groups: list[GuidanceGroup]   # the groups that sample, in token order
+    tokens: PendingTokens | None  # None: prefill chunks only
+    stand_ins: list[int] | None = None
+
+    def read(self) -> list[int]:
+        return self.tokens.read() if self.tokens is not None else []
+
+
+@dataclass
+class _Settled:
+    """One sampled token applied to its group; its events come after the next launch."""
+
+    group: GuidanceGroup
+    token: int                 # a stand-in (< 0) until _fill
+    row: int                   # in the step's sampling rows
+    was_image: bool
+    tr: Transition
+    image_index: int
+    live: _Live
+    reason: str | None = None  # set when this token ended the request
+    total_s: float = 0.0
 
 
 class Engine:
@@ -70,6 +116,7 @@ class Engine:
         self.groups: dict[str, GuidanceGroup] = {}
         self.live: dict[str, _Live] = {}
         self.pending_events: list[Event] = []
+        self.in_flight: _InFlight | None = None
 
     # ------------------------------------------------------------------ requests
     def add_request(self, request: GenerationRequest) -> None:
@@ -84,15 +131,19 @@ class Engine:
         self.live[request.request_id] = _Live(IncrementalDetokenizer(self.tok))
 
     def abort(self, request_id: str) -> bool:
-        """Stop a request now and free its KV blocks; its Finished event comes next step."""
+        """Stop a request now and free its KV blocks; its Finished event comes next step and
+        nothing else of it does (a token of the step in flight is dropped)."""
         group = self.groups.get(request_id)
         if group is None:
             return False
-        self._finish(group, "aborted", self.pending_events)
+        live = self.live[request_id]
+        self.pending_events += self._finished(group, live, "aborted",
+                                              self._release(group, time.monotonic()))
         return True
 
     def has_work(self) -> bool:
-        return self.scheduler.has_work() or bool(self.pending_events)
+        return (self.scheduler.has_work() or bool(self.pending_events)
+                or self.in_flight is not None)
 
     def _new_group(self, req: GenerationRequest) -> GuidanceGroup:
         s = self.tok.special
@@ -116,41 +167,63 @@ class Engine:
 
     # ---------------------------------------------------------------------- step
     def step(self) -> list[Event]:
+        """Finish the step in flight, launch the next one, then produce the finished step's
+        events while the device computes (with ``config.pipeline``; else one whole step)."""
         events, self.pending_events = self.pending_events, []
+        flight, self.in_flight = self.in_flight, None
+        blind = flight is not None and flight.stand_ins is not None
+        settled = []
+        if flight is not None:
+            settled = self._settle(flight, flight.stand_ins if blind else flight.read())
         plan = self.scheduler.schedule(self._needs_logits)
-        if not plan.chunks:
-            if self.scheduler.has_work() and not events and not plan.preempted:
-                # Never spin silently: with nothing schedulable the queue cannot drain.
-                raise RuntimeError("engine made no progress: the waiting request cannot be "
-                                   "admitted with the KV cache available")
-            return events
-        now = time.monotonic()
-        for c in plan.chunks:
-            live = self.live[c.group.request_id]
-            live.scheduled_at = live.scheduled_at or now
-        logits = self.runner.execute(build_step_input(plan, self.scheduler.pool.block_size))
-        rows: dict[tuple[int, Role], torch.Tensor] = {}
-        i = 0
-        for c in plan.chunks:
-            self.scheduler.kv.commit(c.seq, c.length)
-            if c.need_logits:
-                rows[(id(c.group), c.seq.role)] = logits[i]
-                i += 1
-        if plan.sampling:
-            self._sample_and_advance(plan.sampling, rows, events)
+        step_input = build_step_input(plan, self.scheduler.pool.block_size) if plan.chunks else None
+        if blind:  # the step was planned on stand-ins: now wait for the real tokens
+            if step_input is not None:
+                self.runner.stage(step_input)
+            self._fill(settled, flight.read(), step_input)
+        if plan.chunks:
+            self._launch(plan, step_input)
+        elif self.scheduler.has_work() and not (settled or events or plan.preempted):
+            # Never spin silently: with nothing schedulable the queue cannot drain.
+            raise RuntimeError("engine made no progress: the waiting request cannot be "
+                               "admitted with the KV cache available")
+        if self.in_flight and not self.config.pipeline:
+            flight, self.in_flight = self.in_flight, None
+            settled += self._settle(flight, flight.read())
+        self._emit(settled, events)
         return events
 
     def _needs_logits(self, group: GuidanceGroup, role: Role) -> bool:
         return group.grammar.next_step()[0] is StepKind.VISUAL
 
-    def _sample_and_advance(self, groups, rows, events) -> None:
-        batch = self._sampling_batch(groups)
+    def _launch(self, plan: StepPlan, step_input: StepInput) -> None:
+        """Queue the step's forward, then its sampling, without waiting for either."""
+        logits = self.runner.execute(step_input)
+        now = time.monotonic()
+        rows: dict[tuple[int, Role], torch.Tensor] = {}
+        i = 0
+        for c in plan.chunks:
+            live = self.live[c.group.request_id]
+            live.scheduled_at = live.scheduled_at or now
+            # Later steps (and prefix-cache hits) read this KV after the forward: the device
+            # runs them in stream order, so it counts as computed from here on.
+            self.scheduler.kv.commit(c.seq, c.length)
+            if c.need_logits:
+                rows[(id(c.group), c.seq.role)] = logits[i]
+                i += 1
+        self.in_flight = _InFlight(plan.sampling, None)
+        if plan.sampling:
+            self._launch_sampling(self.in_flight, rows)
+
+    def _launch_sampling(self, flight: _InFlight, rows) -> None:
+        groups = flight.groups
+        batch, kinds = self._sampling_batch(groups)
         cond = torch.stack([rows[(id(g), Role.COND)] for g in groups])  # [R, V]
         uncond = self._guide_logits(groups, rows, Role.UNCOND)
         full = self._guide_logits(groups, rows, Role.FULL_UNCOND)
-        tokens = sample(cond, uncond, full, batch, self.masks, self.guided_scores)
-        for group, token in zip(groups, tokens):
-            self._append(group, token, events)
+        flight.tokens = draw(cond, uncond, full, batch, self.masks, self.guided_scores)
+        if self.config.pipeline and all(k in _BLIND_KINDS for k, _ in kinds):
+            flight.stand_ins = [f if f >= 0 else -(i + 1) for i, (_, f) in enumerate(kinds)]
 
     @staticmethod
     def _guide_logits(groups, rows, role: Role) -> torch.Tensor | None:
@@ -160,10 +233,12 @@ class Engine:
             return None
         return torch.stack([rows.get((id(g), role), rows[(id(g), Role.COND)]) for g in groups])
 
-    def _sampling_batch(self, groups: list[GuidanceGroup]) -> SamplingBatch:
-        rows = []
+    def _sampling_batch(self, groups: list[GuidanceGroup]):
+        """The batch, and each row's (kind, forced token)."""
+        rows, kinds = [], []
         for g in groups:
             kind, forced = g.grammar.next_step()
+            kinds.append((kind, forced))
             req = g.request
             guided = kind is StepKind.VISUAL and Role.UNCOND in g.seqs
             three_way = guided and Role.FULL_UNCOND in g.seqs
@@ -174,7 +249,7 @@ class Engine:
                 cfg_scale=req.guidance.scale if guided else 1.0,
                 image_cfg_scale=req.guidance.image_scale,
                 uniform=token_uniform(req.seed, len(g.output)) if forced < 0 else 0.0))
-        return SamplingBatch.build(rows, self.tok.vocab_size, self.model.device)
+        return SamplingBatch.build(rows, self.tok.vocab_size, self.model.device), kinds
 
     def _boi_fits(self, group: GuidanceGroup) -> bool:
         """An image may start only if a known grid fits the remaining budget (spec §12 item
@@ -183,25 +258,46 @@ class Engine:
         left = group.request.max_new_tokens - len(group.output)
         return grid is None or grid.span_length <= left
 
-    def _append(self, group: GuidanceGroup, token: int, events: list[Event]) -> None:
-        rid, live, g = group.request_id, self.live[group.request_id], group.grammar
-        group.first_token_at = group.first_token_at or time.monotonic()
+    # ------------------------------------------------- settle (before the next launch)
+    def _settle(self, flight: _InFlight, tokens: list[int]) -> list[_Settled]:
+        """Apply a step's tokens as far as the next schedule depends on them: streams,
+        grammar, stops and frees. Everything else waits for :meth:`_emit`."""
+        now = time.monotonic()
+        return [self._advance(g, t, now, row)
+                for row, (g, t) in enumerate(zip(flight.groups, tokens))
+                if g.status is Status.RUNNING]  # aborted since the launch: token dropped
+
+    @staticmethod
+    def _fill(settled: list[_Settled], tokens: list[int], step_input: StepInput | None) -> None:
+        """Replace the stand-ins (``_InFlight``) by the drawn tokens: in the streams, and in the
+        next step's input, where a stand-in can only be a row's last token."""
+        for d in settled:
+            if d.token < 0:
+                d.token = token = tokens[d.row]
+                d.group.output[-1] = token
+                for seq in d.group.seqs.values():  # the guides took it too (image mode)
+                    seq.tokens[-1] = token
+        if step_input is not None:
+            ids = step_input.token_ids
+            for end in step_input.cu_q[1:]:
+                if ids[end - 1] < 0:
+                    ids[end - 1] = tokens[-ids[end - 1] - 1]
+
+    def _advance(self, group: GuidanceGroup, token: int, now: float, row: int) -> _Settled:
+        g = group.grammar
+        group.first_token_at = group.first_token_at or now
         was_image = g.in_image()
         group.cond.tokens.append(token)
         group.output.append(token)
         tr = g.advance(token)
         if was_image or tr.image_entered:
             self._feed_guides(group, token, tr.image_entered)
-        if not was_image and not tr.image_entered:
-            out = live.detok.push(token)
-            if out:
-                events.append(TextDelta(rid, out[1], out[0]))
-        elif tr.image_entered:
-            out = live.detok.flush()
-            if out:
-                events.append(TextDelta(rid, out[1], out[0]))
-        self._image_events(group, tr, events)
-        self._check_stop(group, token, events)
+        done = _Settled(group, token, row, was_image, tr, g.images_done - int(tr.image_done),
+                        self.live[group.request_id])
+        done.reason = self._stop_reason(group, token)
+        if done.reason:
+            done.total_s = self._release(group, now)
+        return done
 
     def _feed_guides(self, group: GuidanceGroup, token: int, image_entered: bool) -> None:
         for seq in group.guide_streams():
@@ -209,44 +305,69 @@ class Engine:
                 self.scheduler.kv.truncate(seq, seq.prompt_len)  # A restarts at every BOI
             seq.tokens.append(token)
 
-    def _image_events(self, group: GuidanceGroup, tr, events: list[Event]) -> None:
-        rid, g = group.request_id, group.grammar
-        index = g.images_done - (1 if tr.image_done else 0)
+    def _stop_reason(self, group: GuidanceGroup, token: int) -> str | None:
+        req, s = group.request, self.tok.special
+        if token == s.eos and req.stop is StopRule.EOS:
+            return "stop"
+        if token == s.eoi and req.stop is StopRule.EOI:
+            return "stop"
+        if len(group.output) >= req.max_new_tokens:
+            return "length"
+        return None
+
+    def _release(self, group: GuidanceGroup, now: float) -> float:
+        """Free the group's KV blocks and forget it; returns its total time. Blocks of a step
+        still in flight may be handed out again at once: later steps run after it on the
+        device."""
+        self.scheduler.free(group)
+        group.status = Status.FINISHED
+        del self.groups[group.request_id]
+        del self.live[group.request_id]
+        return now - group.arrival
+
+    # ---------------------------------------------------- emit (while the device runs)
+    def _emit(self, settled: list[_Settled], events: list[Event]) -> None:
+        for d in settled:
+            rid, tr = d.group.request_id, d.tr
+            if not d.was_image and not tr.image_entered:
+                out = d.live.detok.push(d.token)
+            elif tr.image_entered:
+                out = d.live.detok.flush()
+            else:
+                out = None
+            if out:
+                events.append(TextDelta(rid, out[1], out[0]))
+            if tr.image_started or tr.row_done is not None:
+                self._image_events(d, events)
+            if d.reason:
+                events += self._finished(d.group, d.live, d.reason, d.total_s)
+
+    def _image_events(self, d: _Settled, events: list[Event]) -> None:
+        rid, tr, index = d.group.request_id, d.tr, d.image_index
         if tr.image_started:
             events.append(ImageStarted(rid, index, tr.image_started.h, tr.image_started.w))
         if tr.row_done is not None:
-            events.append(ImageProgress(rid, index, tr.row_done, g.grid.h))
+            events.append(ImageProgress(rid, index, tr.row_done, d.group.grammar.grid.h))
         if tr.image_done:
-            toks = group.cond.tokens
+            toks = d.group.cond.tokens
             boi = len(toks) - 1 - toks[::-1].index(self.tok.special.boi)
             events.append(ImageComplete(rid, index, parse_image_span(self.tok, toks[boi:])))
 
-    def _check_stop(self, group: GuidanceGroup, token: int, events: list[Event]) -> None:
-        req, s = group.request, self.tok.special
-        if token == s.eos and req.stop is StopRule.EOS:
-            self._finish(group, "stop", events)
-        elif token == s.eoi and req.stop is StopRule.EOI:
-            self._finish(group, "stop", events)
-        elif len(group.output) >= req.max_new_tokens:
-            self._finish(group, "length", events)
-
-    def _finish(self, group: GuidanceGroup, reason: str, events: list[Event],
-                error: str | None = None) -> None:
-        rid, live = group.request_id, self.live.pop(group.request_id)
+    @staticmethod
+    def _finished(group: GuidanceGroup, live: _Live, reason: str, total_s: float) -> list[Event]:
+        """The request's last events: text the detokenizer held back, then Finished."""
         out = live.detok.flush()
+        events: list[Event] = []
         if out and reason != "aborted":
-            events.append(TextDelta(rid, out[1], out[0]))
-        self.scheduler.free(group)
-        group.status = Status.FINISHED
-        del self.groups[rid]
-        now = time.monotonic()
+            events.append(TextDelta(group.request_id, out[1], out[0]))
         req = group.request
         usage = Usage(
             prompt_tokens=len(req.cond_ids), uncond_prompt_tokens=len(req.uncond_ids),
             cached_prompt_tokens=group.cached_prompt_tokens, generated_tokens=len(group.output),
             images=group.grammar.images_done, preemptions=group.num_preemptions,
-            queue_s=(live.scheduled_at or now) - group.arrival,
+            queue_s=(live.scheduled_at or group.arrival + total_s) - group.arrival,
             first_token_s=None if group.first_token_at is None else group.first_token_at - group.arrival,
-            total_s=now - group.arrival)
-        events.append(Finished(rid, reason, usage, tuple(group.output),
-                               incomplete_image=group.grammar.mode is not Mode.TEXT, error=error))
+            total_s=total_s)
+        events.append(Finished(group.request_id, reason, usage, tuple(group.output),
+                               incomplete_image=group.grammar.mode is not Mode.TEXT))
+        return events

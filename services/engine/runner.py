@@ -113,6 +113,12 @@ class ModelRunner:
     def attention_for(self, slots, cu_q, ctx_lens, tables) -> PagedAttention:
         return PagedAttention(self.kv_cache, slots, cu_q, ctx_lens, tables, self.attention)
 
+    def stage(self, step: StepInput) -> None:
+        """Optional, before ``execute(step)``: the host work of a graph step that does not need
+        its token ids (which may still be stand-ins, see engine.py)."""
+        if self.graphs is not None and step.decode_only and self.graphs.fits(step):
+            self.graphs.stage(step)
+
     @torch.inference_mode()
     def execute(self, step: StepInput) -> torch.Tensor:
         """Run one packed forward; returns fp32 logits [len(step.logits_rows), vocab]."""

@@ -70,6 +70,8 @@ class SamplingBatch:
                  r.params.temperature, r.params.top_k, r.params.top_p, r.cfg_scale,
                  r.image_cfg_scale, r.guide, r.uniform] for r in rows]
         packed = torch.tensor(cols, dtype=torch.float64).reshape(len(rows), 11).T.contiguous()
+        if torch.device(device).type == "cuda":
+            packed = packed.pin_memory()  # a truly asynchronous copy, behind the forward
         d = packed.to(device, non_blocking=True)
         i64, f32 = torch.int64, torch.float32
         plan = DrawPlan.build([r.params.top_k for r in rows], [r.params.top_p for r in rows],
@@ -113,23 +115,51 @@ class GrammarMasks:
         return self.table[rows].bool()
 
 
-def sample(cond: torch.Tensor, uncond: torch.Tensor | None, full_uncond: torch.Tensor | None,
-           batch: SamplingBatch, masks: GrammarMasks,
-           guided_scores: Callable | None = None) -> list[int]:
-    """cond: fp32 logits [R, V]; uncond/full_uncond: [R, V] (read only on rows whose
-    ``batch.guide`` asks for them) or None. Returns the R tokens as host ints.
-    ``guided_scores``: the kernel (default: the registry's choice for the device)."""
+class PendingTokens:
+    """A step's tokens, drawn on the device and on their way to the host: ``read`` waits for
+    them. Split from the draw so the engine can launch the next forward before reading."""
+
+    def __init__(self, drawn: torch.Tensor, scores: torch.Tensor, batch: SamplingBatch):
+        self.scores, self.batch = scores, batch  # kept for the rare exact redo
+        tokens = torch.where(batch.forced >= 0, batch.forced, drawn)
+        self.ready = None
+        if tokens.is_cuda:  # start the copy now; read() only waits for it
+            tokens = tokens.to("cpu", non_blocking=True)
+            self.ready = torch.cuda.Event()
+            self.ready.record()
+        self.host = tokens
+
+    def read(self) -> list[int]:
+        """The R tokens as host ints: the step's one device sync."""
+        if self.ready is not None:
+            self.ready.synchronize()
+        tokens = self.host.tolist()
+        redo = [r for r, t in enumerate(tokens) if t == NEEDS_EXACT]
+        if redo:  # ties at a row's k-th score overflow the shared top-k: the full-sort path
+            b, index = self.batch, torch.tensor(redo, device=self.scores.device)
+            exact = draw_tokens_reference(*(t.index_select(0, index) for t in (
+                self.scores, b.top_k, b.top_p, b.uniforms))).tolist()
+            for r, token in zip(redo, exact):
+                tokens[r] = token
+        return tokens
+
+
+def draw(cond: torch.Tensor, uncond: torch.Tensor | None, full_uncond: torch.Tensor | None,
+         batch: SamplingBatch, masks: GrammarMasks,
+         guided_scores: Callable | None = None) -> PendingTokens:
+    """Launch the sampling of a step without waiting for it. cond: fp32 logits [R, V];
+    uncond/full_uncond: [R, V] (read only on rows whose ``batch.guide`` asks for them) or
+    None. ``guided_scores``: the kernel (default: the registry's choice for the device)."""
     guided_scores = guided_scores or guided_scores_impl(cond.device)
     scores = guided_scores(cond, uncond, full_uncond, batch.guide, batch.cfg_scale,
                            batch.image_cfg_scale, masks.table, batch.mask_row,
                            batch.temperature)                       # [R, V] fp32
     drawn = draw_tokens(scores, batch.top_k, batch.top_p, batch.uniforms, batch.plan)
-    tokens = torch.where(batch.forced >= 0, batch.forced, drawn).tolist()  # the one sync
-    redo = [r for r, t in enumerate(tokens) if t == NEEDS_EXACT]
-    if redo:  # ties at a row's k-th score overflow the shared top-k: the full-sort path
-        index = torch.tensor(redo, device=scores.device)
-        exact = draw_tokens_reference(*(t.index_select(0, index) for t in (
-            scores, batch.top_k, batch.top_p, batch.uniforms))).tolist()
-        for r, token in zip(redo, exact):
-            tokens[r] = token
-    return tokens
+    return PendingTokens(drawn, scores, batch)
+
+
+def sample(cond: torch.Tensor, uncond: torch.Tensor | None, full_uncond: torch.Tensor | None,
+           batch: SamplingBatch, masks: GrammarMasks,
+           guided_scores: Callable | None = None) -> list[int]:
+    """:func:`draw`, then wait for the R tokens as host ints."""
+    return draw(cond, uncond, full_uncond, batch, masks, guided_scores).read()

@@ -39,25 +39,31 @@ def _trace(path, device, attention, forced=None):
                                         max_new_tokens=48, seed=i, text=SamplingParams(top_k=1),
                                         image=SamplingParams(top_k=1)))
     logits, tokens = [], []
-    real_sample, real_execute = engine_mod.sample, eng.runner.execute
+    real_draw, real_execute = engine_mod.draw, eng.runner.execute
 
     def execute(step):
         out = real_execute(step)
         logits.append(out.float().cpu())
         return out
 
-    def sample(*args):
-        own = real_sample(*args)  # host ints
-        tokens.append(torch.tensor(own))  # what this path would pick by itself
-        return own if forced is None else forced[len(tokens) - 1].tolist()
+    def draw(*args):
+        pending = real_draw(*args)
+        real_read = pending.read
+
+        def read():
+            own = real_read()  # host ints
+            tokens.append(torch.tensor(own))  # what this path would pick by itself
+            return own if forced is None else forced[len(tokens) - 1].tolist()
+        pending.read = read
+        return pending
 
     eng.runner.execute = execute
-    engine_mod.sample = sample
+    engine_mod.draw = draw
     try:
         while eng.has_work():
             eng.step()
     finally:
-        engine_mod.sample = real_sample
+        engine_mod.draw = real_draw
     return logits, tokens
 
 
