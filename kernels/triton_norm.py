@@ -138,18 +138,17 @@ def _qk_norm_rope_kernel(qkv_ptr, qw_ptr, kw_ptr, cos_ptr, sin_ptr, pos_ptr, q_p
     q_dst = q_ptr + tok * (HQ * D) + head[:, None] * D + d[None, :]
     tl.store(q_dst, o1.to(dtype), mask=ok & is_q)
     tl.store(q_dst + HALF, o2.to(dtype), mask=ok & is_q)
-    if TO_CACHE:
-        slot = tl.load(slot_ptr + tok).to(tl.int64)
-        row = slot
-        is_k = is_k & (slot >= 0)  # negative: padding, not stored
+    if TO_CACHE:  # [BLOCK_H] copies of the token's slot (a vector keeps the masks 2-D)
+        row = tl.load(slot_ptr + tok + 0 * head).to(tl.int64)
+        is_k = is_k & (row >= 0)[:, None]  # negative: padding, not stored
     else:
-        row = tok
-    k_dst = k_ptr + row * s_k + (head - HQ)[:, None] * D + d[None, :]
+        row = tok + 0 * head.to(tl.int64)
+    k_dst = k_ptr + row[:, None] * s_k + (head - HQ)[:, None] * D + d[None, :]
     tl.store(k_dst, o1.to(dtype), mask=ok & is_k)
     tl.store(k_dst + HALF, o2.to(dtype), mask=ok & is_k)
     if TO_CACHE:  # v unchanged, straight from the qkv row
-        is_v = ((head >= HQ + HKV) & (slot >= 0))[:, None]
-        v_dst = v_ptr + row * s_v + (head - HQ - HKV)[:, None] * D + d[None, :]
+        is_v = ((head >= HQ + HKV) & (row >= 0))[:, None]
+        v_dst = v_ptr + row[:, None] * s_v + (head - HQ - HKV)[:, None] * D + d[None, :]
         tl.store(v_dst, x1.to(dtype), mask=ok & is_v)
         tl.store(v_dst + HALF, x2.to(dtype), mask=ok & is_v)
 
