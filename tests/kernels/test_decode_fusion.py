@@ -15,6 +15,7 @@ fp32 -> bf16 cast truncates (so bf16 comparisons are against the unfused kernels
 from __future__ import annotations
 
 import os
+import zlib
 
 import pytest
 import torch
@@ -36,7 +37,7 @@ EPS = 1e-6
 
 
 def _gen(*key):
-    return torch.Generator().manual_seed(hash(key) % (1 << 31))
+    return torch.Generator().manual_seed(zlib.crc32(repr(key).encode()))
 
 
 def _gemm_pair(m, n, k, dtype, gen):
@@ -54,6 +55,17 @@ def _unfused_split_sum(parts, dtype):
     _sum_splits_kernel[(m, -(-n // 1024))](parts, out, n, parts.stride(0), parts.stride(1),
                                           out.stride(0), SPLIT_K=s, BLOCK=1024, num_warps=4)
     return out
+
+
+def _near_reference(out, ref):
+    """Against a torch reference whose fp32 sums of squares add up in another order: 16-bit
+    within test_fused_norm.py's ulp bound (a few hundred elements make one flipped ulp more
+    than its 0.1%), fp32 by relative norm."""
+    if ref.dtype == torch.float32:
+        rel = ((out - ref).norm() / ref.norm()).item()
+        assert rel < 1e-6, rel
+    else:
+        assert_matches(out, ref, ulps=2, max_mismatch=0.01)
 
 
 # -- gate_up GEMM + SiLU * mul ---------------------------------------------------------------
@@ -117,7 +129,7 @@ def test_add_rms_norm_of_partials_is_sum_then_norm(dtype, rows, n, splits):
     if dtype != torch.bfloat16 or DEV == "cuda":
         ref = add_rms_norm_reference(SplitKPartials(parts, dtype), residual, weight, EPS)
         assert torch.equal(got[1], ref[1])
-        assert_matches(got[0], ref[0])
+        _near_reference(got[0], ref[0])
 
 
 @needs_triton
@@ -167,8 +179,8 @@ def test_qk_norm_rope_to_cache_is_norm_then_write(dtype, t, hq, hkv, d):
     ref_k, ref_v = poison.clone(), poison.clone()
     q_ref = qk_norm_rope_to_cache_reference(*args, ref_k, ref_v, slots)
     assert torch.equal(caches[1], ref_v)  # v is copied, never rounded
-    assert_matches(q_fused, q_ref, ulps=2)
-    assert_matches(caches[0], ref_k, ulps=2)
+    _near_reference(q_fused, q_ref)
+    _near_reference(caches[0], ref_k)
 
 
 @needs_triton
