@@ -203,3 +203,25 @@ def test_qk_norm_rope_to_cache_skips_negative_slots():
         assert (rows[~touched] == 7.0).all() and (rows[touched] != 7.0).all()
     v = qkv[:, (hq + hkv) * d:].view(t, hkv, d)
     assert torch.equal(v_cache.view(8, hkv, d)[5], v[0])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", ROWS)
+def test_fusions_at_34b_widths_on_cuda(m):
+    """Compiled, bf16, the real gate_up / down_proj / o_proj shapes: bit-identical."""
+    from kernels.skinny_gemm import skinny_gemm
+    from kernels.skinny_swiglu import skinny_gemm_silu_mul
+    from kernels.triton_norm import add_rms_norm, silu_mul
+
+    dtype, gen = torch.bfloat16, _gen("34b", m)
+    x, w = _gemm_pair(m, 2 * 25600, 5120, dtype, gen)
+    assert torch.equal(skinny_gemm_silu_mul(x, w), silu_mul(skinny_gemm(x, w)))
+    for n, k in [(5120, 25600), (5120, 8192)]:
+        x, w = _gemm_pair(m, n, k, dtype, gen)
+        residual = torch.randn(m, n, generator=gen).to(DEV, dtype)
+        weight = norm_weight(n, dtype, gen, DEV)
+        parts = skinny_gemm(x, w, defer_split_sum=True)
+        y = SplitKPartials(parts, dtype) if parts.dim() == 3 else parts
+        got = add_rms_norm(y, residual, weight, EPS)
+        want = add_rms_norm(skinny_gemm(x, w), residual, weight, EPS)
+        assert all(torch.equal(g, w_) for g, w_ in zip(got, want))
