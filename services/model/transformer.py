@@ -112,7 +112,9 @@ class DecoderLayer(nn.Module):
         """h = h + attn(norm(h)); h = h + mlp(norm(h)) with the residual stream carried apart,
         so that each add runs inside the next norm. h: the previous sublayer's output
         [T, hidden]; residual: the stream before it (None at the first layer, where h is the
-        embedding). Returns (this layer's MLP output, the stream before it)."""
+        embedding). Returns (this layer's MLP output, the stream before it); on the fused
+        decode path the output may be down_proj's unsummed split-K partials, which the next
+        add_norm sums."""
         x, residual = self.input_layernorm.add_norm(h, residual, ctx.ops)
         h = self.self_attn(x, ctx)
         x, residual = self.post_attention_layernorm.add_norm(h, residual, ctx.ops)

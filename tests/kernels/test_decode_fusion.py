@@ -225,3 +225,17 @@ def test_fusions_at_34b_widths_on_cuda(m):
         got = add_rms_norm(y, residual, weight, EPS)
         want = add_rms_norm(skinny_gemm(x, w), residual, weight, EPS)
         assert all(torch.equal(g, w_) for g, w_ in zip(got, want))
+
+
+def test_decode_fusion_switch(monkeypatch):
+    from kernels.fused_norm import REFERENCE_OPS, ElementwiseOps
+    from kernels.registry import decode_fusion
+
+    fused = ElementwiseOps("triton", *[None] * 5)
+    monkeypatch.delenv("EMU35_DECODE_FUSION", raising=False)
+    assert decode_fusion(fused) and not decode_fusion(REFERENCE_OPS)
+    monkeypatch.setenv("EMU35_DECODE_FUSION", "0")
+    assert not decode_fusion(fused)
+    monkeypatch.setenv("EMU35_DECODE_FUSION", "yes")
+    with pytest.raises(ValueError):
+        decode_fusion(fused)
