@@ -17,6 +17,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .linear import SplitKPartials
+from .paged_attention import write_kv
+
 
 def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """Llama-order RMSNorm over the last dim: normalise in fp32, cast back to x's dtype,
@@ -26,10 +29,13 @@ def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tor
     return weight * normed.to(x.dtype)
 
 
-def add_rms_norm_reference(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
-                           eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+def add_rms_norm_reference(x: torch.Tensor | SplitKPartials, residual: torch.Tensor,
+                           weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The pre-norm residual step: ``residual + x`` (rounded to the dtype), then its RMSNorm.
-    x, residual: [T, N] -> (normed [T, N], new residual [T, N])."""
+    x, residual: [T, N] -> (normed [T, N], new residual [T, N]). x may be a split-K GEMM's
+    partials, summed first (:func:`kernels.linear.split_sum_reference`)."""
+    if isinstance(x, SplitKPartials):
+        x = x.summed()
     residual = residual + x
     return rms_norm_reference(residual, weight, eps), residual
 
@@ -64,6 +70,19 @@ def qk_norm_rope_reference(qkv: torch.Tensor, q_weight: torch.Tensor, k_weight: 
     return q, k, v.view(-1, num_kv_heads, head_dim)
 
 
+def qk_norm_rope_to_cache_reference(qkv: torch.Tensor, q_weight: torch.Tensor,
+                                    k_weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                                    positions: torch.Tensor, num_heads: int, num_kv_heads: int,
+                                    head_dim: int, eps: float, k_cache: torch.Tensor,
+                                    v_cache: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """:func:`qk_norm_rope_reference`, then k and v stored in the paged caches at ``slots``
+    (:func:`kernels.paged_attention.write_kv`; every slot valid). Returns q [T, Hq, D]."""
+    q, k, v = qk_norm_rope_reference(qkv, q_weight, k_weight, cos, sin, positions, num_heads,
+                                     num_kv_heads, head_dim, eps)
+    write_kv(k_cache, v_cache, k, v, slots, skip_negative=False)
+    return q
+
+
 def silu_mul_reference(gate_up: torch.Tensor) -> torch.Tensor:
     """SwiGLU's elementwise half: gate_up [T, 2F] (gate, then up) -> silu(gate) * up [T, F],
     each op rounded to the dtype."""
@@ -80,10 +99,12 @@ class ElementwiseOps:
     add_rms_norm: Callable[..., tuple[torch.Tensor, torch.Tensor]]
     qk_norm_rope: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
     silu_mul: Callable[..., torch.Tensor]
+    qk_norm_rope_to_cache: Callable[..., torch.Tensor]
 
 
 REFERENCE_OPS = ElementwiseOps("reference", rms_norm_reference, add_rms_norm_reference,
-                               qk_norm_rope_reference, silu_mul_reference)
+                               qk_norm_rope_reference, silu_mul_reference,
+                               qk_norm_rope_to_cache_reference)
 
 
 @cache
@@ -91,4 +112,5 @@ def triton_ops() -> ElementwiseOps:
     """The fused Triton kernels (imports Triton on first call)."""
     from . import triton_norm as tn
 
-    return ElementwiseOps("triton", tn.rms_norm, tn.add_rms_norm, tn.qk_norm_rope, tn.silu_mul)
+    return ElementwiseOps("triton", tn.rms_norm, tn.add_rms_norm, tn.qk_norm_rope, tn.silu_mul,
+                          tn.qk_norm_rope_to_cache)

@@ -7,6 +7,10 @@ Elementwise ops (RMSNorm with the residual add, QK-norm + RoPE, SwiGLU; :mod:`ke
 ``triton`` (fused kernels) on CUDA when Triton is installed, ``reference`` (plain torch)
 anywhere else; ``EMU35_FUSED=1`` / ``0`` forces one or the other.
 
+Decode fusions (:func:`decode_fusion`; K/V written by the QK-norm kernel, SiLU * mul in the
+gate_up GEMM, split-K sums inside the next add + RMSNorm): on with the fused elementwise ops,
+``EMU35_DECODE_FUSION=0`` turns them off (results are bit-identical either way).
+
 Guided sampling scores: ``triton`` on CUDA, else ``reference``;
 ``EMU35_SAMPLING=reference|triton`` overrides.
 
@@ -33,6 +37,7 @@ IMPLEMENTATIONS = ("reference", "triton", "flash")
 ENV_VAR = "EMU35_ATTENTION"
 FUSED_ENV_VAR = "EMU35_FUSED"
 FUSED_CHOICES = {"0": "reference", "1": "triton"}
+DECODE_FUSION_ENV_VAR = "EMU35_DECODE_FUSION"
 
 
 SAMPLING_IMPLEMENTATIONS = ("reference", "triton")
@@ -103,6 +108,16 @@ def elementwise_ops(device: torch.device | str, prefer: str | None = None) -> "E
     if elementwise_ops_name(device, prefer) == "triton":
         return fused_norm.triton_ops()
     return fused_norm.REFERENCE_OPS
+
+
+def decode_fusion(ops: "ElementwiseOps") -> bool:
+    """Whether a decode-sized forward on ``ops`` takes the fused decode path: the fused
+    kernels reproduce the Triton elementwise kernels, so only with those, unless
+    ``EMU35_DECODE_FUSION=0``."""
+    env = os.environ.get(DECODE_FUSION_ENV_VAR, "1")
+    if env not in ("0", "1"):
+        raise ValueError(f"{DECODE_FUSION_ENV_VAR}={env!r}: use 1 (fused decode) or 0")
+    return ops.name == "triton" and env == "1"
 
 
 def sampling_impl_name(device: torch.device | str, prefer: str | None = None) -> str:

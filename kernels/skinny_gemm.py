@@ -93,10 +93,29 @@ def default_tiles(m: int, n: int, k: int, sms: int) -> tuple[int, int, int, int]
     return 32, 128, 1, 4
 
 
+def launch_fitting(kernel, grid, key: tuple, num_stages: int, *args, **kwargs) -> None:
+    """Launch ``kernel`` with the deepest pipeline up to ``num_stages`` that fits in shared
+    memory (remembered per ``key``). Wide tiles at 64 rows can outgrow it; this happens at the
+    first, compiling call, never inside a graph capture."""
+    stages = _FITTING_STAGES.get(key, num_stages)
+    while True:
+        try:
+            kernel[grid](*args, num_stages=stages, **kwargs)
+            break
+        except triton.runtime.errors.OutOfResources:
+            if stages == 1:
+                raise
+            stages -= 1
+    _FITTING_STAGES[key] = stages
+
+
 def skinny_gemm(x: torch.Tensor, w: torch.Tensor, *, block_n: int | None = None,
                 block_k: int | None = None, split_k: int | None = None,
-                num_warps: int = 4, num_stages: int | None = None) -> torch.Tensor:
+                num_warps: int = 4, num_stages: int | None = None,
+                defer_split_sum: bool = False) -> torch.Tensor:
     """x: [M, K] (M <= 64), w: [N, K], both row-major in one dtype -> [M, N] in x's dtype.
+    With ``defer_split_sum`` a split-K launch returns its fp32 partials [SPLIT_K, M, N]
+    instead (no second kernel; :func:`kernels.linear.split_sum_reference` sums them).
     Overrides are for tuning and tests."""
     m, k = x.shape
     n = w.shape[0]
@@ -108,28 +127,19 @@ def skinny_gemm(x: torch.Tensor, w: torch.Tensor, *, block_n: int | None = None,
     block_m = max(16, triton.next_power_of_2(m))
     k_per_split = triton.cdiv(triton.cdiv(k, split_k), block_k) * block_k
     even_k = k % (split_k * block_k) == 0 and k_per_split * split_k == k
-    out = torch.empty(m, n, dtype=x.dtype, device=x.device)
-    part = torch.empty(split_k, m, n, dtype=torch.float32, device=x.device) if split_k > 1 else out
+    part = torch.empty(split_k, m, n, dtype=torch.float32, device=x.device) if split_k > 1 else None
+    out = part if defer_split_sum and part is not None else torch.empty(m, n, dtype=x.dtype,
+                                                                        device=x.device)
+    part = out if part is None else part
     grid = (triton.cdiv(n, block_n), split_k)
-    key = (block_m, block_n, block_k, x.dtype, num_stages)
-    stages = _FITTING_STAGES.get(key, num_stages)
-    while True:
-        try:
-            _skinny_kernel[grid](x, w, out, part, m, n, k, k_per_split,
-                                 x.stride(0), w.stride(0), out.stride(0),
-                                 part.stride(0) if split_k > 1 else 0,
-                                 part.stride(1) if split_k > 1 else 0,
-                                 BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-                                 SPLIT_K=split_k, EVEN_K=even_k, num_warps=num_warps,
-                                 num_stages=stages)
-            break
-        except triton.runtime.errors.OutOfResources:
-            # Wide tiles at 64 rows can outgrow shared memory: pipeline less deeply (this
-            # happens at the first, compiling call, never inside a graph capture).
-            if stages == 1:
-                raise
-            stages -= 1
-    _FITTING_STAGES[key] = stages
+    launch_fitting(_skinny_kernel, grid, ("gemm", block_m, block_n, block_k, x.dtype, num_stages),
+                   num_stages, x, w, out, part, m, n, k, k_per_split,
+                   x.stride(0), w.stride(0), out.stride(0),
+                   part.stride(0) if split_k > 1 else 0, part.stride(1) if split_k > 1 else 0,
+                   BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split_k,
+                   EVEN_K=even_k, num_warps=num_warps)
+    if split_k > 1 and defer_split_sum:
+        return part
     if split_k > 1:
         block = 1024
         _sum_splits_kernel[(m, triton.cdiv(n, block))](

@@ -16,6 +16,8 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
+from .linear import SplitKPartials
+
 # Pinned so that a Triton default can never start fusing a*b + c into one rounding.
 LAUNCH = dict(enable_fp_fusion=False)
 
@@ -47,15 +49,22 @@ def _inv_rms(sum_sq, inv_n, eps, N: tl.constexpr, CUDA_ROUNDING: tl.constexpr):
 
 @triton.jit
 def _rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, s_x, s_res, s_out, s_res_out,
-                     inv_n, eps, N: tl.constexpr, BLOCK: tl.constexpr,
-                     ADD_RESIDUAL: tl.constexpr, CUDA_ROUNDING: tl.constexpr):
-    """One row per program: [res_out = res + x], out = w * bf16(x * inv_rms(x))."""
+                     s_split, inv_n, eps, N: tl.constexpr, BLOCK: tl.constexpr,
+                     ADD_RESIDUAL: tl.constexpr, SPLITS: tl.constexpr,
+                     CUDA_ROUNDING: tl.constexpr):
+    """One row per program: [res_out = res + x], out = w * bf16(x * inv_rms(x)). With SPLITS,
+    x is a split-K GEMM's fp32 partials [SPLITS, R, N], summed as its _sum_splits_kernel."""
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     ok = cols < N
-    x = tl.load(x_ptr + row * s_x + cols, mask=ok, other=0.0)
-    dtype: tl.constexpr = x.dtype
-    x = x.to(tl.float32)
+    dtype: tl.constexpr = out_ptr.dtype.element_ty
+    if SPLITS > 0:
+        x = tl.zeros((BLOCK,), dtype=tl.float32)
+        for s in tl.static_range(SPLITS):
+            x += tl.load(x_ptr + s * s_split + row * s_x + cols, mask=ok, other=0.0)
+        x = x.to(dtype).to(tl.float32)  # the GEMM's rounding (its store), read back
+    else:
+        x = tl.load(x_ptr + row * s_x + cols, mask=ok, other=0.0).to(tl.float32)
     if ADD_RESIDUAL:
         x = _round(tl.load(res_ptr + row * s_res + cols, mask=ok, other=0.0).to(tl.float32) + x,
                    dtype)
@@ -89,19 +98,22 @@ def _head_weight(qw_ptr, kw_ptr, is_q, d, d_ok):
 
 @triton.jit
 def _qk_norm_rope_kernel(qkv_ptr, qw_ptr, kw_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr,
-                         s_qkv, s_cos, s_sin, inv_n, eps,
+                         v_ptr, slot_ptr, s_qkv, s_cos, s_sin, s_k, s_v, inv_n, eps,
                          HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr,
                          HALF_BLOCK: tl.constexpr, BLOCK_H: tl.constexpr,
-                         CUDA_ROUNDING: tl.constexpr):
+                         TO_CACHE: tl.constexpr, CUDA_ROUNDING: tl.constexpr):
     """Program (token, head block): BLOCK_H heads of q then k (the first HQ + HKV heads of the
-    qkv row), each held as its two RoPE halves [BLOCK_H, D/2]."""
+    qkv row), each held as its two RoPE halves [BLOCK_H, D/2]. k goes to row ``tok`` of k_ptr
+    (row stride s_k); with TO_CACHE to row ``slots[tok]`` of the cache k_ptr, and the v heads
+    (the last HKV, programs past q and k) are copied to that row of the cache v_ptr."""
     HALF: tl.constexpr = D // 2
     tok = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     d = tl.arange(0, HALF_BLOCK)
     d_ok = d < HALF
     is_q = (head < HQ)[:, None]
-    ok = (head < HQ + HKV)[:, None] & d_ok[None, :]
+    is_k = ((head >= HQ) & (head < HQ + HKV))[:, None]
+    ok = (head < HQ + HKV + TO_CACHE * HKV)[:, None] & d_ok[None, :]
     src = qkv_ptr + tok * s_qkv + head[:, None] * D + d[None, :]
     x1 = tl.load(src, mask=ok, other=0.0)
     x2 = tl.load(src + HALF, mask=ok, other=0.0)
@@ -126,9 +138,19 @@ def _qk_norm_rope_kernel(qkv_ptr, qw_ptr, kw_ptr, cos_ptr, sin_ptr, pos_ptr, q_p
     q_dst = q_ptr + tok * (HQ * D) + head[:, None] * D + d[None, :]
     tl.store(q_dst, o1.to(dtype), mask=ok & is_q)
     tl.store(q_dst + HALF, o2.to(dtype), mask=ok & is_q)
-    k_dst = k_ptr + tok * (HKV * D) + (head - HQ)[:, None] * D + d[None, :]
-    tl.store(k_dst, o1.to(dtype), mask=ok & ~is_q)
-    tl.store(k_dst + HALF, o2.to(dtype), mask=ok & ~is_q)
+    if TO_CACHE:  # [BLOCK_H] copies of the token's slot (a vector keeps the masks 2-D)
+        row = tl.load(slot_ptr + tok + 0 * head).to(tl.int64)
+        is_k = is_k & (row >= 0)[:, None]  # negative: padding, not stored
+    else:
+        row = tok + 0 * head.to(tl.int64)
+    k_dst = k_ptr + row[:, None] * s_k + (head - HQ)[:, None] * D + d[None, :]
+    tl.store(k_dst, o1.to(dtype), mask=ok & is_k)
+    tl.store(k_dst + HALF, o2.to(dtype), mask=ok & is_k)
+    if TO_CACHE:  # v unchanged, straight from the qkv row
+        is_v = ((head >= HQ + HKV) & (row >= 0))[:, None]
+        v_dst = v_ptr + row[:, None] * s_v + (head - HQ - HKV)[:, None] * D + d[None, :]
+        tl.store(v_dst, x1.to(dtype), mask=ok & is_v)
+        tl.store(v_dst + HALF, x2.to(dtype), mask=ok & is_v)
 
 
 @triton.jit
@@ -162,28 +184,36 @@ def _inv_n(n: int) -> float:
     return (torch.ones((), dtype=torch.float32) / n).item()
 
 
-def _check_dtypes(x: torch.Tensor, *others: torch.Tensor) -> None:
+def _check_dtypes(dtype: torch.dtype, *others: torch.Tensor) -> None:
     for o in others:
-        if o.dtype != x.dtype:
-            raise ValueError(f"fused kernels need one dtype; got {x.dtype} and {o.dtype}")
+        if o.dtype != dtype:
+            raise ValueError(f"fused kernels need one dtype; got {dtype} and {o.dtype}")
 
 
 def _norm(x, residual, weight, eps):
-    n = x.shape[-1]
-    _check_dtypes(x, weight, *([] if residual is None else [residual]))
-    assert weight.shape == (n,) and (residual is None or residual.shape == x.shape)
-    x2 = _rows(x)  # [R, N]
-    out = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
-    res2 = x2 if residual is None else _rows(residual)
+    if isinstance(x, SplitKPartials):  # [S, R, N] fp32 partials of a 2-D GEMM output
+        assert residual is not None and residual.dim() == 2 and x.parts.stride(2) == 1
+        x2, splits, dtype, shape = x.parts, x.parts.shape[0], x.dtype, residual.shape
+        s_x, s_split = x2.stride(1), x2.stride(0)
+    else:
+        x2, splits, dtype, shape = _rows(x), 0, x.dtype, x.shape  # [R, N]
+        s_x, s_split = x2.stride(0), 0
+    n = shape[-1]
+    _check_dtypes(dtype, weight, *([] if residual is None else [residual]))
+    assert weight.shape == (n,)
+    assert residual is None or residual.shape == shape
+    rows = x2.shape[-2]
+    out = torch.empty(rows, n, dtype=dtype, device=weight.device)
+    res2 = out if residual is None else _rows(residual)
     res_out = out if residual is None else torch.empty_like(out)
-    if x2.shape[0]:
+    if rows:
         block = triton.next_power_of_2(n)
-        _rms_norm_kernel[(x2.shape[0],)](
-            x2, res2, weight, out, res_out, x2.stride(0), res2.stride(0), out.stride(0),
-            res_out.stride(0), _inv_n(n), eps, N=n, BLOCK=block,
-            ADD_RESIDUAL=residual is not None, CUDA_ROUNDING=x.is_cuda,
+        _rms_norm_kernel[(rows,)](
+            x2, res2, weight, out, res_out, s_x, res2.stride(0), out.stride(0),
+            res_out.stride(0), s_split, _inv_n(n), eps, N=n, BLOCK=block,
+            ADD_RESIDUAL=residual is not None, SPLITS=splits, CUDA_ROUNDING=weight.is_cuda,
             num_warps=min(16, max(1, block // 512)), **LAUNCH)
-    return out.view(x.shape), res_out.view(x.shape)
+    return out.view(shape), res_out.view(shape)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -191,11 +221,34 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return _norm(x, None, weight, eps)[0]
 
 
-def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
-                 eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+def add_rms_norm(x: torch.Tensor | SplitKPartials, residual: torch.Tensor,
+                 weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused :func:`kernels.fused_norm.add_rms_norm_reference`: reads x and residual once,
-    writes (normed, residual + x) as new tensors."""
+    writes (normed, residual + x) as new tensors. x may be a skinny GEMM's unsummed split-K
+    partials: summed here exactly as the GEMM's own second kernel would."""
     return _norm(x, residual, weight, eps)
+
+
+def _qk_launch(qkv, q_weight, k_weight, cos, sin, positions, num_heads, num_kv_heads,
+               head_dim, eps, k_dst, v_dst, slots):
+    t, width = qkv.shape
+    assert width == (num_heads + 2 * num_kv_heads) * head_dim and head_dim % 2 == 0
+    assert qkv.stride(1) == 1 and cos.stride(1) == 1 and sin.stride(1) == 1
+    _check_dtypes(qkv.dtype, q_weight, k_weight, k_dst, v_dst)
+    q = torch.empty(t, num_heads, head_dim, dtype=qkv.dtype, device=qkv.device)
+    heads = num_heads + num_kv_heads  # the norm's tile shape does not depend on TO_CACHE
+    block_h = min(8, triton.next_power_of_2(heads))
+    if slots is not None:
+        heads += num_kv_heads  # programs for the v heads too
+    if t:
+        _qk_norm_rope_kernel[(t, triton.cdiv(heads, block_h))](
+            qkv, q_weight, k_weight, cos, sin, positions, q, k_dst, v_dst,
+            positions if slots is None else slots, qkv.stride(0), cos.stride(0),
+            sin.stride(0), k_dst.stride(0), v_dst.stride(0), _inv_n(head_dim), eps,
+            HQ=num_heads, HKV=num_kv_heads, D=head_dim,
+            HALF_BLOCK=triton.next_power_of_2(head_dim // 2), BLOCK_H=block_h,
+            TO_CACHE=slots is not None, CUDA_ROUNDING=qkv.is_cuda, num_warps=4, **LAUNCH)
+    return q
 
 
 def qk_norm_rope(qkv: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor,
@@ -204,22 +257,27 @@ def qk_norm_rope(qkv: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tens
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fused :func:`kernels.fused_norm.qk_norm_rope_reference`: one launch normalises and
     rotates q [T, Hq, D] and k [T, Hkv, D]; v is a view of qkv."""
-    t, width = qkv.shape
-    assert width == (num_heads + 2 * num_kv_heads) * head_dim and head_dim % 2 == 0
-    assert qkv.stride(1) == 1 and cos.stride(1) == 1 and sin.stride(1) == 1
-    _check_dtypes(qkv, q_weight, k_weight)
-    q = torch.empty(t, num_heads, head_dim, dtype=qkv.dtype, device=qkv.device)
+    t = qkv.shape[0]
     k = torch.empty(t, num_kv_heads, head_dim, dtype=qkv.dtype, device=qkv.device)
     v = qkv[:, (num_heads + num_kv_heads) * head_dim:].view(t, num_kv_heads, head_dim)
-    heads = num_heads + num_kv_heads
-    block_h = min(8, triton.next_power_of_2(heads))
-    if t:
-        _qk_norm_rope_kernel[(t, triton.cdiv(heads, block_h))](
-            qkv, q_weight, k_weight, cos, sin, positions, q, k, qkv.stride(0), cos.stride(0),
-            sin.stride(0), _inv_n(head_dim), eps, HQ=num_heads, HKV=num_kv_heads, D=head_dim,
-            HALF_BLOCK=triton.next_power_of_2(head_dim // 2), BLOCK_H=block_h,
-            CUDA_ROUNDING=qkv.is_cuda, num_warps=4, **LAUNCH)
+    q = _qk_launch(qkv, q_weight, k_weight, cos, sin, positions, num_heads, num_kv_heads,
+                   head_dim, eps, k.view(t, -1), k.view(t, -1), None)
     return q, k, v
+
+
+def qk_norm_rope_to_cache(qkv: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor,
+                          cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
+                          num_heads: int, num_kv_heads: int, head_dim: int, eps: float,
+                          k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor
+                          ) -> torch.Tensor:
+    """Fused :func:`kernels.fused_norm.qk_norm_rope_to_cache_reference`: the same launch
+    also stores k and v of token t at cache slot ``slots[t]`` (negative: skipped) instead of
+    returning them. Caches: [blocks, block_size, Hkv, D], contiguous, qkv's dtype."""
+    assert k_cache.is_contiguous() and v_cache.is_contiguous()
+    assert k_cache.shape[2:] == (num_kv_heads, head_dim) == v_cache.shape[2:]
+    return _qk_launch(qkv, q_weight, k_weight, cos, sin, positions, num_heads, num_kv_heads,
+                      head_dim, eps, k_cache.view(-1, num_kv_heads * head_dim),
+                      v_cache.view(-1, num_kv_heads * head_dim), slots)
 
 
 def silu_mul(gate_up: torch.Tensor, block: int = 1024) -> torch.Tensor:

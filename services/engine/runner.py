@@ -63,9 +63,14 @@ class PagedAttention(AttentionBackend):
         self.kv_cache, self.slots, self.cu_q = kv_cache, slots, cu_q
         self.ctx_lens, self.block_tables, self.impl = ctx_lens, block_tables, impl
 
+    def cache_for(self, layer):
+        k_cache, v_cache = self.kv_cache[layer]
+        return k_cache, v_cache, self.slots
+
     def attend(self, layer, q, k, v):
         k_cache, v_cache = self.kv_cache[layer]
-        write_kv(k_cache, v_cache, k, v, self.slots, skip_negative=False)
+        if k is not None:  # else the QK-norm kernel wrote them (cache_for)
+            write_kv(k_cache, v_cache, k, v, self.slots, skip_negative=False)
         return self.impl(q, k_cache, v_cache, self.cu_q, self.ctx_lens, self.block_tables)
 
 

@@ -18,7 +18,13 @@ class AttentionBackend(ABC):
 
     @abstractmethod
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """q: [T, Hq, D], k/v: [T, Hkv, D] for this step's tokens -> [T, Hq, D]."""
+        """q: [T, Hq, D], k/v: [T, Hkv, D] for this step's tokens -> [T, Hq, D]. k and v are
+        None when the caller already stored them where :meth:`cache_for` said."""
+
+    def cache_for(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """(k_cache, v_cache, slots [T]) when this backend keeps the step's K/V in a paged
+        cache that the QK-norm kernel may fill directly (one launch fewer); None otherwise."""
+        return None
 
 
 @dataclass

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.linear import linear
+from kernels.linear import SplitKPartials, linear
 
 
 @dataclass(frozen=True)
@@ -85,8 +85,12 @@ class RowParallelLinear(nn.Module):
         self.weight = nn.Parameter(torch.empty(out_features, self.local_in, dtype=dtype, device=device),
                                    requires_grad=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pg.all_reduce(linear(x, self.weight))
+    def forward(self, x: torch.Tensor, defer_split_sum: bool = False
+                ) -> torch.Tensor | SplitKPartials:
+        """With ``defer_split_sum`` (world size 1 only: the all-reduce needs the sum) a
+        split-K skinny GEMM returns its partials for the consumer to add up."""
+        y = linear(x, self.weight, defer_split_sum=defer_split_sum and self.pg.world_size == 1)
+        return y if isinstance(y, SplitKPartials) else self.pg.all_reduce(y)
 
     def load_shard(self, name: str, full: torch.Tensor) -> None:
         cols = full.narrow(1, self.pg.rank * self.local_in, self.local_in)

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from kernels.fused_norm import REFERENCE_OPS, ElementwiseOps
-from kernels.registry import elementwise_ops
+from kernels.linear import MAX_ROWS, linear_silu_mul
+from kernels.registry import decode_fusion, elementwise_ops
 
 from .attention import AttentionBackend, PackedCausal
 from .config import Emu35Config
@@ -35,6 +36,9 @@ class ForwardContext:
     sin: torch.Tensor
     attn: AttentionBackend
     ops: ElementwiseOps      # plain torch or fused Triton kernels (kernels.registry)
+    # Decode-sized batch on the fused kernels (kernels.registry.decode_fusion): K/V written
+    # by the QK-norm kernel, SiLU * mul in gate_up's GEMM, split-K sums in the next norm.
+    fuse_decode: bool = False
 
 
 class RMSNorm(ReplicatedParameter):
@@ -69,11 +73,16 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:  # x: [T, hidden]
         # Split q/k/v, per-head RMSNorm, then RoPE (spec §1.2 item 2):
         # q [T, Hq, D], k and v [T, Hkv, D].
-        q, k, v = ctx.ops.qk_norm_rope(
-            self.qkv_proj(x), self.q_norm.weight, self.k_norm.weight, ctx.cos, ctx.sin,
-            ctx.positions, self.num_heads, self.num_kv_heads, self.head_dim, self.q_norm.eps)
+        args = (self.qkv_proj(x), self.q_norm.weight, self.k_norm.weight, ctx.cos, ctx.sin,
+                ctx.positions, self.num_heads, self.num_kv_heads, self.head_dim, self.q_norm.eps)
+        cache = ctx.attn.cache_for(self.layer) if ctx.fuse_decode else None
+        if cache is None:
+            q, k, v = ctx.ops.qk_norm_rope(*args)
+        else:  # k and v go straight to the cache, in the same launch
+            q, k, v = ctx.ops.qk_norm_rope_to_cache(*args, *cache), None, None
         o = ctx.attn.attend(self.layer, q, k, v)  # [T, Hq, D]
-        return self.o_proj(o.reshape(o.shape[0], self.num_heads * self.head_dim))
+        return self.o_proj(o.reshape(o.shape[0], self.num_heads * self.head_dim),
+                           defer_split_sum=ctx.fuse_decode)
 
 
 class MLP(nn.Module):
@@ -83,8 +92,12 @@ class MLP(nn.Module):
             cfg.hidden_size, {"gate": cfg.intermediate_size, "up": cfg.intermediate_size}, pg, **factory)
         self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, pg, **factory)
 
-    def forward(self, x: torch.Tensor, ops: ElementwiseOps = REFERENCE_OPS) -> torch.Tensor:
-        return self.down_proj(ops.silu_mul(self.gate_up_proj(x)))  # silu(gate) * up
+    def forward(self, x: torch.Tensor, ops: ElementwiseOps = REFERENCE_OPS,
+                fuse_decode: bool = False):
+        """silu(gate) * up, then down_proj; with ``fuse_decode`` SiLU * mul runs in gate_up's
+        GEMM and down_proj may return unsummed split-K partials (the next norm adds them)."""
+        h = linear_silu_mul(x, self.gate_up_proj.weight, ops.silu_mul, fuse=fuse_decode)
+        return self.down_proj(h, defer_split_sum=fuse_decode)
 
 
 class DecoderLayer(nn.Module):
@@ -99,11 +112,13 @@ class DecoderLayer(nn.Module):
         """h = h + attn(norm(h)); h = h + mlp(norm(h)) with the residual stream carried apart,
         so that each add runs inside the next norm. h: the previous sublayer's output
         [T, hidden]; residual: the stream before it (None at the first layer, where h is the
-        embedding). Returns (this layer's MLP output, the stream before it)."""
+        embedding). Returns (this layer's MLP output, the stream before it); on the fused
+        decode path the output may be down_proj's unsummed split-K partials, which the next
+        add_norm sums."""
         x, residual = self.input_layernorm.add_norm(h, residual, ctx.ops)
         h = self.self_attn(x, ctx)
         x, residual = self.post_attention_layernorm.add_norm(h, residual, ctx.ops)
-        return self.mlp(x, ctx.ops), residual
+        return self.mlp(x, ctx.ops, ctx.fuse_decode), residual
 
 
 class Emu35Model(nn.Module):
@@ -149,8 +164,9 @@ class Emu35ForCausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                 attn: AttentionBackend) -> torch.Tensor:
         """input_ids, positions: [T] (packed tokens) -> hidden states [T, hidden]."""
-        ctx = ForwardContext(positions, self.rope_cos, self.rope_sin, attn,
-                             elementwise_ops(self.device))
+        ops = elementwise_ops(self.device)
+        ctx = ForwardContext(positions, self.rope_cos, self.rope_sin, attn, ops,
+                             decode_fusion(ops) and input_ids.shape[0] <= MAX_ROWS)
         h, residual = self.model.embed_tokens(input_ids), None
         for layer in self.model.layers:
             h, residual = layer(h, residual, ctx)

@@ -29,10 +29,11 @@ def _checkpoint(path, **dims):
     return path
 
 
-def _trace(path, device, attention, forced=None):
+def _trace(path, device, attention, forced=None, graphs=True):
     """Run 3 concurrent requests; record each step's logits (and force tokens if given)."""
     model, tok = load_checkpoint(path, device=device)
-    eng = Engine(model, tok, EngineConfig(SchedulerConfig(num_blocks=512, block_size=16), attention))
+    eng = Engine(model, tok, EngineConfig(SchedulerConfig(num_blocks=512, block_size=16), attention,
+                                          cuda_graphs=graphs))
     for i, (task, size) in enumerate([("t2i", "3*4"), ("story", None), ("x2i", "2*5")]):
         p = prepare_prompt(tok, task, f"request {i}: a small red boat", size=size)
         eng.add_request(default_request(f"r{i}", task, p.cond, p.uncond, output_grid=p.output_grid,
