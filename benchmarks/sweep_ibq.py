@@ -32,6 +32,7 @@ VARIANTS = {
     "pr1-layout": (dict(level_bytes=None, group_bytes=None, subpixel=False), False, False),
     "default": (dict(), True, False),
     "keep-all": (dict(level_bytes=None), True, False),
+    "level900": (dict(level_bytes=900 * MIB), True, False),
     "strip16": (dict(strip_bytes=16 * MIB), True, False),
     "strip64": (dict(strip_bytes=64 * MIB), True, False),
     "cudnn-bench": (dict(), True, True),
