@@ -1,5 +1,7 @@
 """IBQ vision tokenizer at the released shape (random weights): encode and decode time and
-extra peak memory at 1024x1024, batch 1 and 4, fp32 (the reference's dtype) and bf16."""
+extra peak memory at 1024x1024, batch 1 and 4, fp32 (the reference's dtype) and bf16, with the
+tokenizer's defaults (striped forward with its default StripPlan, bf16-screened quantizer).
+Variants side by side: benchmarks/sweep_ibq.py."""
 from __future__ import annotations
 
 import torch

@@ -6,6 +6,12 @@ swish) for any row range of it into a caller's buffer. Together they equal
 ``swish(F.group_norm(x))`` up to float rounding (one rounding to the output dtype here, one per
 op in the plain torch chain), without a full-size normalised copy or fp32 temporary.
 
+Statistics can also be gathered piecewise: :func:`group_moments` returns per-(image, group)
+partial moments (count, mean, M2) of any row range, and :func:`stats_from_moments` merges a list
+of them (Chan's parallel formula) into (mean, rstd). The striped IBQ forward takes them from each
+conv output strip right after writing it, while it is still in L2, instead of re-reading the
+whole tensor.
+
 The ``*_reference`` functions are plain torch and define the ops; :mod:`kernels.triton_group_norm`
 implements them for channels_last CUDA tensors (tests/kernels/test_group_norm.py compares).
 ``impl`` is ``"triton"`` or ``"reference"``; :func:`kernels.registry.elementwise_ops_name` picks
@@ -15,12 +21,33 @@ from __future__ import annotations
 
 import torch
 
+# Partial group moments: (count, mean, M2), each fp32 [B, k, groups] over k pieces.
+Moments = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
 
 def group_stats_reference(x: torch.Tensor, groups: int,
                           eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """x [B, C, H, W] (any layout) -> (mean, rstd), each fp32 [B, groups]; biased variance."""
     var, mean = torch.var_mean(x.float().reshape(x.shape[0], groups, -1), dim=-1, correction=0)
     return mean, torch.rsqrt(var + eps)
+
+
+def group_moments_reference(x: torch.Tensor, groups: int) -> Moments:
+    """Partial moments of x [B, C, h, W]: (count, mean, M2), each fp32 [B, 1, groups]."""
+    flat = x.float().reshape(x.shape[0], groups, -1)
+    mean = flat.mean(dim=-1)
+    m2 = ((flat - mean[:, :, None]) ** 2).sum(dim=-1)
+    count = torch.full_like(mean, flat.shape[-1])
+    return count[:, None], mean[:, None], m2[:, None]
+
+
+def stats_from_moments(parts: list[Moments], eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge partial moments (each three fp32 [B, k_i, G]) into (mean, rstd) fp32 [B, G]."""
+    cnt, mean, m2 = (torch.cat([p[i] for p in parts], dim=1) for i in range(3))
+    total = cnt.sum(dim=1)  # [B, G]
+    mu = (cnt * mean).sum(dim=1) / total
+    var = (m2.sum(dim=1) + (cnt * (mean - mu[:, None]) ** 2).sum(dim=1)) / total
+    return mu, torch.rsqrt(var + eps)
 
 
 def norm_swish_reference(src: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
@@ -49,16 +76,24 @@ def _triton_ok(*tensors: torch.Tensor) -> bool:
         _rows_contiguous(t) for t in tensors)
 
 
-def group_stats(x: torch.Tensor, groups: int, eps: float,
-                impl: str = "reference") -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, rstd) fp32 [B, groups] of x [B, C, H, W]; see :func:`group_stats_reference`."""
+def group_moments(x: torch.Tensor, groups: int, impl: str = "reference") -> Moments:
+    """Partial moments of x [B, C, h, W] (any rows of a tensor); merge with
+    :func:`stats_from_moments`."""
     per_group = x.shape[1] // groups
     if impl == "triton" and _triton_ok(x) and per_group & (per_group - 1) == 0 \
             and groups & (groups - 1) == 0:
-        from .triton_group_norm import group_stats_triton
+        from .triton_group_norm import group_moments_triton
 
-        return group_stats_triton(x, groups, eps)
-    return group_stats_reference(x, groups, eps)
+        return group_moments_triton(x, groups)
+    return group_moments_reference(x, groups)
+
+
+def group_stats(x: torch.Tensor, groups: int, eps: float,
+                impl: str = "reference") -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, rstd) fp32 [B, groups] of x [B, C, H, W]; see :func:`group_stats_reference`."""
+    if impl == "reference":
+        return group_stats_reference(x, groups, eps)
+    return stats_from_moments([group_moments(x, groups, impl)], eps)
 
 
 def norm_swish_into(src: torch.Tensor, dst: torch.Tensor, mean: torch.Tensor,

@@ -52,9 +52,10 @@ def _group_stats_kernel(x_ptr, mean_ptr, m2_ptr, cnt_ptr, s_xb, n_pos, pos_per_p
     tl.store(cnt_ptr + out, tl.zeros((G,), dtype=tl.float32) + n_a)
 
 
-def group_stats_triton(x: torch.Tensor, groups: int,
-                       eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, rstd) fp32 [B, groups] of channels_last x [B, C, H, W] (C/groups a power of 2)."""
+def group_moments_triton(x: torch.Tensor,
+                         groups: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Partial (count, mean, M2), each fp32 [B, chunks, groups], of channels_last x [B, C, h, W]
+    (C/groups a power of 2); merged by :func:`kernels.group_norm.stats_from_moments`."""
     b, c, h, w = x.shape
     n_pos = h * w
     block_p = max(1, triton.next_power_of_2(max(1, _STATS_TILE // c)))
@@ -64,10 +65,7 @@ def group_stats_triton(x: torch.Tensor, groups: int,
                      for _ in range(3))
     _group_stats_kernel[(chunks, b)](x, mean, m2, cnt, x.stride(0), n_pos, per_prog,
                                      G=groups, CPG=c // groups, BLOCK_P=block_p)
-    total = cnt.sum(dim=1)  # [B, G]
-    mu = (cnt * mean).sum(dim=1) / total
-    var = (m2.sum(dim=1) + (cnt * (mean - mu[:, None]) ** 2).sum(dim=1)) / total
-    return mu, torch.rsqrt(var + eps)
+    return cnt, mean, m2
 
 
 @triton.jit

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 if not torch.cuda.is_available():  # must be set before triton.jit decorates the kernels
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from kernels.group_norm import (group_stats, group_stats_reference, norm_swish_into,  # noqa: E402
-                                norm_swish_reference)
+from kernels.group_norm import (group_moments, group_stats, group_stats_reference,  # noqa: E402
+                                norm_swish_into, norm_swish_reference, stats_from_moments)
 
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
                                   reason="triton is not installed")
@@ -53,6 +53,17 @@ def test_triton_stats_match_reference(shape):
     # A large offset makes E[x^2] - E[x]^2 useless; the merged Welford partials must not care.
     x = _activation(shape, offset=100.0)
     mean, rstd = group_stats(x, 32, 1e-6, impl="triton")
+    ref_mean, ref_rstd = group_stats_reference(x, 32, 1e-6)
+    torch.testing.assert_close(mean, ref_mean, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(rstd, ref_rstd, rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("impl", ["reference", pytest.param("triton", marks=needs_triton)])
+def test_moments_of_row_pieces_merge_to_the_whole(impl):
+    # Uneven row pieces (as conv output strips arrive) merged by Chan's formula.
+    x = _activation((2, 64, 11, 6), offset=50.0)
+    parts = [group_moments(x[:, :, a:b], 32, impl) for a, b in ((0, 1), (1, 5), (5, 11))]
+    mean, rstd = stats_from_moments(parts, 1e-6)
     ref_mean, ref_rstd = group_stats_reference(x, 32, 1e-6)
     torch.testing.assert_close(mean, ref_mean, atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(rstd, ref_rstd, rtol=1e-4, atol=0)

@@ -17,7 +17,10 @@ if not torch.cuda.is_available():  # must be set before triton.jit decorates the
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from services.model.ibq import IBQ, IBQConfig, VisionTokenizer  # noqa: E402
-from services.model.ibq.striped import StripPlan, decode_striped, encode_striped  # noqa: E402
+from services.model.ibq.modules import Upsample  # noqa: E402
+from services.model.ibq.striped import (StripPlan, decode_striped, encode_striped,  # noqa: E402
+                                        kept_rows, resnet_block)
+from services.model.ibq.strips import upsample  # noqa: E402
 from services.model.ibq.tiny import init_random_weights, tiny_config  # noqa: E402
 
 MID = IBQConfig(n_embed=512, embed_dim=32, ch=64, ch_mult=(1, 2, 2), num_res_blocks=2,
@@ -59,6 +62,73 @@ def test_striped_encoder_and_decoder_equal_plain(config, size, strip_bytes):
                         size[1] // config.downsample_factor,
                         generator=torch.Generator().manual_seed(1))
         _close(decode_striped(model.decoder, z, plan), model.decoder(z), 1e-4)
+
+
+# The PR-1 layout (whole conv1 outputs, whole batch, nearest + 3x3 upsample); every budget
+# forced (recompute conv1 tails, one image at a time); the default.
+PLAN_OPTIONS = {
+    "plain-layout": dict(level_bytes=None, group_bytes=None, subpixel=False),
+    "tight": dict(level_bytes=1, group_bytes=1),
+    "default": dict(),
+}
+
+
+@pytest.mark.parametrize("options", PLAN_OPTIONS.values(), ids=PLAN_OPTIONS.keys())
+def test_striped_plans_equal_plain(options):
+    model = _model(MID)
+    x = _pixels(3, 40, 24, seed=7)
+    plan = StripPlan(16 * 1024, **options)
+    with torch.no_grad():
+        _close(encode_striped(model.encoder, x, plan), model.encoder(x), 1e-4)
+        z = torch.randn(3, MID.z_channels, 10, 6, generator=torch.Generator().manual_seed(8))
+        _close(decode_striped(model.decoder, z, plan), model.decoder(z), 1e-4)
+
+
+def test_tight_plan_with_triton_kernels_equals_plain():
+    pytest.importorskip("triton")
+    model = _model(tiny_config(64))
+    x = _pixels(2, 32, 16)
+    plan = StripPlan(8192, "triton", **PLAN_OPTIONS["tight"])
+    with torch.no_grad():
+        _close(encode_striped(model.encoder, x, plan), model.encoder(x), 1e-4)
+        cfg = model.config
+        z = torch.randn(2, cfg.z_channels, 32 // cfg.downsample_factor,
+                        16 // cfg.downsample_factor, generator=torch.Generator().manual_seed(8))
+        _close(decode_striped(model.decoder, z, plan), model.decoder(z), 1e-4)
+
+
+@pytest.mark.parametrize("height", [5, 6, 9, 17])
+@pytest.mark.parametrize("strip_bytes", [1, 700, 1 << 20])
+def test_recomputed_conv1_tail_equals_plain_block(height, strip_bytes):
+    model = _model(MID)
+    block = model.encoder.down[1].block[0]  # 64 -> 128 channels: with a shortcut
+    same = model.encoder.down[1].block[1]
+    x = torch.randn(2, 64, height, 7, generator=torch.Generator().manual_seed(height))
+    x = x.contiguous(memory_format=torch.channels_last)
+    plan = StripPlan(strip_bytes, level_bytes=1)
+    assert kept_rows(same, torch.zeros(2, 128, height, 7), plan) < height
+    with torch.no_grad():
+        expected = block(x)
+        got, stats = resnet_block(block, x.clone(), plan)
+        _close(got, expected, 1e-5)
+        expected2 = same(expected)
+        got2, _ = resnet_block(same, got, plan, stats)  # consumes got, uses its moments
+        _close(got2, expected2, 1e-5)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (3, 5), (8, 4)])
+@pytest.mark.parametrize("strip_bytes", [1, 300, 1 << 20])
+def test_subpixel_upsample_equals_nearest_then_conv(size, strip_bytes):
+    gen = torch.Generator().manual_seed(9)
+    module = Upsample(16)
+    with torch.no_grad():
+        module.conv.weight.normal_(0, 0.2, generator=gen)
+        module.conv.bias.normal_(0, 0.2, generator=gen)
+        x = torch.randn(2, 16, *size, generator=gen).contiguous(memory_format=torch.channels_last)
+        stats = []
+        got = upsample(module.conv, x, StripPlan(strip_bytes), stats)
+        _close(got, module(x), 1e-5)
+        assert sum(int(s[0][0].sum()) for s in stats) == got[0].numel()  # every row counted once
 
 
 def _near_tie(latents: torch.Tensor, book: torch.Tensor, a: torch.Tensor, b: torch.Tensor,

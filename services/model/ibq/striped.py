@@ -2,14 +2,19 @@
 
 At 1024^2 one 256-channel bf16 activation is 512 MiB, and the plain forward keeps several
 alive at once (block input, normalised copy, swish copy, conv output, padded or upsampled
-copies). This forward instead:
+copies). This forward instead (strip machinery in strips.py):
 
-- computes each GroupNorm's statistics once over the whole tensor (:mod:`kernels.group_norm`),
-  then writes normalise + affine + swish strip by strip straight into the next conv's input;
-- runs every 3x3 conv on horizontal strips of output rows with a 1-row halo above and below
-  (zero rows at the image edge, zero columns through ``padding=(0, 1)``), so at most two full
-  activations (a ResnetBlock's input and its conv1 output) plus strip buffers are alive;
-- adds residuals in place and pads (downsample) or upsamples per strip.
+- runs every 3x3 conv on horizontal strips of output rows, its input written strip by strip
+  (normalise + affine + swish straight into the conv's input buffer), and takes each GroupNorm's
+  statistics from the previous conv's output strips while they are in L2;
+- adds residuals in place; pads (downsample) per strip; upsamples as four 2x2 sub-pixel convs
+  on the low-resolution input, never materialising the upsampled tensor;
+- bounds a ResnetBlock's working set (``StripPlan.level_bytes``): the block input and its conv1
+  output together are 1 GiB at 1024^2, so past the budget only the first rows of the conv1 output
+  are kept and the others recomputed after conv2 has consumed the kept ones;
+- runs the large levels a few images at a time (``StripPlan.group_bytes``) and the small ones
+  on the whole batch, so the peak stays near one image's while the many small launches of the
+  low-resolution levels are shared by the batch.
 
 Activations are channels_last (NHWC). Results equal the plain ``forward`` up to float
 rounding (tests/model/test_ibq_striped.py). Inference only: dropout is the identity.
@@ -20,163 +25,189 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from kernels.group_norm import group_stats, norm_swish_into
-from kernels.registry import elementwise_ops_name
+from kernels.group_norm import Moments
 
 from .modules import Decoder, Encoder, ResnetBlock
+from .strips import (CHANNELS_LAST, DEFAULT_STRIP_BYTES, StripPlan, add_to, conv3x3, conv_rows,
+                     copy_fill, downsample, empty_like_rows, norm_fill, plan_for, stats_only,
+                     upsample, write_to)
 
-CHANNELS_LAST = torch.channels_last
-# Target size of one strip's conv input per image: small next to a 512 MiB activation, large
-# enough that each strip's conv is still a big GEMM (64 rows of 1024 x 256 in bf16).
-DEFAULT_STRIP_BYTES = 32 * 1024 * 1024
+__all__ = ["DEFAULT_STRIP_BYTES", "StripPlan", "plan_for", "encode_striped", "decode_striped",
+           "resnet_block", "kept_rows"]
 
-# fill(dst, lo, hi): write rows [lo, hi) of a conv's (activated) input into dst [B, C, hi-lo, W].
-Fill = Callable[[torch.Tensor, int, int], None]
+Stats = list[Moments] | None  # moments of a tensor gathered by its producer, if any
+
+
+def kept_rows(block: ResnetBlock, x: torch.Tensor, plan: StripPlan) -> int:
+    """Rows of the conv1 output kept whole (all H, or H/2+2 .. H-1 within ``level_bytes``)."""
+    b, c, height, width = x.shape
+    if plan.level_bytes is None:
+        return height
+    el = x.element_size()
+    h_row = b * block.out_channels * width * el
+    fixed = x.numel() * el + 2 * b * plan.strip_bytes * max(1, block.out_channels // c)
+    if block.in_channels != block.out_channels:
+        fixed += height * h_row  # the shortcut's output, the residual accumulator
+    avail = (plan.level_bytes - fixed) // h_row
+    if avail >= height or height // 2 + 2 >= height:
+        return height
+    return max(height // 2 + 2, avail)  # the recomputed tail never needs more than the head
+
+
+def resnet_block(block: ResnetBlock, x: torch.Tensor, plan: StripPlan,
+                 stats: Stats = None) -> tuple[torch.Tensor, Stats]:
+    """ResnetBlock.forward, consuming x (the residual is added into x or its shortcut).
+
+    Returns the output and its GroupNorm moments. With K = :func:`kept_rows` < H: conv1 rows
+    [0, K) are stored, rows [K, H) only counted for the norm2 statistics; conv2 then produces
+    output rows [0, K-1) from the stored rows, which frees them, and rows [K-1, H) from conv1
+    rows recomputed out of x rows [K-1, H) (not yet overwritten by the residual).
+    """
+    height, width = x.shape[2], x.shape[3]
+    size, cout = (height, width), block.out_channels
+    fill1 = norm_fill(block.norm1, x, plan, stats)
+    keep = kept_rows(block, x, plan)
+    h_stats: list[Moments] = []
+    head = empty_like_rows(x, cout, keep, width)
+    conv_rows(fill1, block.conv1, x, size, plan, 0, keep, write_to(head, plan, 0, h_stats))
+    if keep < height:
+        conv_rows(fill1, block.conv1, x, size, plan, keep, height, stats_only(h_stats, plan))
+    res = x
+    if block.in_channels != block.out_channels:
+        res = block.nin_shortcut(x).contiguous(memory_format=CHANNELS_LAST)
+    out_stats: list[Moments] = []
+    fill2 = norm_fill(block.norm2, head, plan, h_stats)
+    done = height if keep == height else keep - 1
+    conv_rows(fill2, block.conv2, x, size, plan, 0, done, add_to(res, plan, out_stats))
+    if keep < height:
+        tail = empty_like_rows(x, cout, height - keep + 2, width)  # conv1 rows K-2 .. H-1
+        tail[:, :, :2].copy_(head[:, :, keep - 2:])
+        del head, fill2
+        conv_rows(fill1, block.conv1, x, size, plan, keep, height, write_to(tail, plan, keep - 2))
+        fill2 = norm_fill(block.norm2, tail, plan, h_stats, row0=keep - 2)
+        conv_rows(fill2, block.conv2, x, size, plan, done, height, add_to(res, plan, out_stats))
+    return res, out_stats
+
+
+def _level(level: nn.Module, h: torch.Tensor, plan: StripPlan,
+           stats: Stats) -> tuple[torch.Tensor, Stats]:
+    for i, block in enumerate(level.block):
+        h, stats = resnet_block(block, h, plan, stats)
+        if len(level.attn) > 0:  # lowest resolution only: small, the plain block is fine
+            h, stats = level.attn[i](h).contiguous(memory_format=CHANNELS_LAST), None
+    return h, stats
+
+
+def _mid(mid: nn.Module, h: torch.Tensor, plan: StripPlan,
+         stats: Stats) -> tuple[torch.Tensor, Stats]:
+    h, _ = resnet_block(mid.block_1, h, plan, stats)
+    h = mid.attn_1(h).contiguous(memory_format=CHANNELS_LAST)
+    return resnet_block(mid.block_2, h, plan)
 
 
 @dataclass(frozen=True)
-class StripPlan:
-    """How to cut a level into strips: bytes of conv input per image and the kernel choice."""
+class Step:
+    """One stage of a forward: ``run(h, stats) -> (h, stats)``; ``image_bytes`` sizes its
+    largest activation per image; ``consumes`` when it overwrites its input."""
 
-    strip_bytes: int = DEFAULT_STRIP_BYTES
-    impl: str = "reference"  # "triton" or "reference" (kernels.group_norm)
-
-    def rows(self, width: int, channels: int, dtype: torch.dtype) -> int:
-        """Output rows per strip for a conv whose input is [*, channels, *, width]."""
-        row_bytes = width * channels * torch.empty((), dtype=dtype).element_size()
-        return max(1, self.strip_bytes // row_bytes)
+    run: Callable[[torch.Tensor, Stats], tuple[torch.Tensor, Stats]]
+    image_bytes: int
+    consumes: bool = False
 
 
-def plan_for(device: torch.device, strip_bytes: int = DEFAULT_STRIP_BYTES) -> StripPlan:
-    """The plan for ``device``: fused Triton kernels on CUDA when available."""
-    return StripPlan(strip_bytes, elementwise_ops_name(device))
+def _run_grouped(steps: list[Step], x: torch.Tensor, group: int) -> torch.Tensor:
+    """Run ``steps`` on ``group`` images at a time, gathering the results into one batch."""
+    out = None
+    for i0 in range(0, x.shape[0], group):
+        h = x[i0: i0 + group]
+        h, stats = (h.clone() if steps[0].consumes else h), None
+        for step in steps:
+            h, stats = step.run(h, stats)
+        if out is None:
+            out = torch.empty((x.shape[0],) + tuple(h.shape[1:]), dtype=h.dtype,
+                              device=h.device, memory_format=CHANNELS_LAST)
+        out[i0: i0 + group].copy_(h)
+        del h, stats
+    return out
 
 
-def _empty(like: torch.Tensor, channels: int, height: int, width: int) -> torch.Tensor:
-    return torch.empty(like.shape[0], channels, height, width, dtype=like.dtype,
-                       device=like.device, memory_format=CHANNELS_LAST)
-
-
-def conv3x3_strips(fill: Fill, conv: nn.Conv2d, out: torch.Tensor, plan: StripPlan,
-                   accumulate: bool = False) -> None:
-    """``out (+)= conv(input)`` for a stride-1, padding-1 3x3 conv, strip by strip.
-
-    The input is never materialised whole: ``fill`` writes each strip's rows plus its halo.
-    out: [B, Cout, H, W]; accumulate adds into it (the residual), else overwrites.
-    """
-    height, width = out.shape[2], out.shape[3]
-    rows = plan.rows(width, conv.in_channels, out.dtype)
-    for r0 in range(0, height, rows):
-        r1 = min(r0 + rows, height)
-        lo, hi = max(r0 - 1, 0), min(r1 + 1, height)
-        buf = _empty(out, conv.in_channels, r1 - r0 + 2, width)  # rows r0-1 .. r1
-        if lo > r0 - 1:
-            buf[:, :, 0].zero_()
-        if hi < r1 + 1:
-            buf[:, :, -1].zero_()
-        fill(buf[:, :, lo - r0 + 1: hi - r0 + 1], lo, hi)
-        y = F.conv2d(buf, conv.weight, conv.bias, padding=(0, 1))  # [B, Cout, r1-r0, W]
-        del buf
-        if accumulate:
-            out[:, :, r0:r1].add_(y)
+def _run_steps(steps: list[Step], x: torch.Tensor, plan: StripPlan) -> torch.Tensor:
+    """Consecutive steps that fit the whole batch run batched; the others run in image groups
+    sized by their largest step."""
+    batch, i, stats = x.shape[0], 0, None
+    while i < len(steps):
+        group = plan.images_per_group(steps[i].image_bytes)
+        j = i + 1
+        if group is None or group >= batch:
+            while j < len(steps) and (plan.images_per_group(steps[j].image_bytes) or batch) >= batch:
+                j += 1
+            for step in steps[i:j]:
+                x, stats = step.run(x, stats)
         else:
-            out[:, :, r0:r1].copy_(y)
-        del y  # before the next strip's buffer is allocated
-
-
-def copy_fill(x: torch.Tensor) -> Fill:
-    """Rows of x as they are (a conv applied straight to x)."""
-    return lambda dst, lo, hi: dst.copy_(x[:, :, lo:hi])
-
-
-def norm_fill(norm: nn.GroupNorm, x: torch.Tensor, plan: StripPlan, swish: bool = True) -> Fill:
-    """Rows of swish(norm(x)), from statistics taken once over all of x."""
-    mean, rstd = group_stats(x, norm.num_groups, norm.eps, plan.impl)
-    return lambda dst, lo, hi: norm_swish_into(x[:, :, lo:hi], dst, mean, rstd, norm.weight,
-                                               norm.bias, swish, plan.impl)
-
-
-def resnet_block(block: ResnetBlock, x: torch.Tensor, plan: StripPlan) -> torch.Tensor:
-    """ResnetBlock.forward, consuming x: the residual is added into x (or its shortcut)."""
-    h = _empty(x, block.out_channels, x.shape[2], x.shape[3])
-    conv3x3_strips(norm_fill(block.norm1, x, plan), block.conv1, h, plan)
-    if block.in_channels != block.out_channels:
-        x = block.nin_shortcut(x).contiguous(memory_format=CHANNELS_LAST)
-    conv3x3_strips(norm_fill(block.norm2, h, plan), block.conv2, x, plan, accumulate=True)
+            while j < len(steps) and (plan.images_per_group(steps[j].image_bytes) or batch) < batch:
+                group = min(group, plan.images_per_group(steps[j].image_bytes))
+                j += 1
+            x, stats = _run_grouped(steps[i:j], x, group), None
+        i = j
     return x
 
 
-def downsample(conv: nn.Conv2d, x: torch.Tensor, plan: StripPlan) -> torch.Tensor:
-    """Downsample.forward (pad right/bottom by one, 3x3 stride 2), padding each strip only."""
-    height, width = x.shape[2], x.shape[3]
-    out_h, out_w = (height - 2) // 2 + 1, (width - 2) // 2 + 1
-    out = _empty(x, conv.out_channels, out_h, out_w)
-    rows = max(1, plan.rows(width, conv.in_channels, x.dtype) // 2)
-    for o0 in range(0, out_h, rows):
-        o1 = min(o0 + rows, out_h)
-        i0, i1 = 2 * o0, 2 * o1 + 1  # input rows for output rows [o0, o1); row H is the pad
-        piece = F.pad(x[:, :, i0:min(i1, height)], (0, 1, 0, i1 - min(i1, height)))
-        piece = piece.contiguous(memory_format=CHANNELS_LAST)
-        out[:, :, o0:o1].copy_(F.conv2d(piece, conv.weight, conv.bias, stride=2))
-    return out
-
-
-def upsample(conv: nn.Conv2d, x: torch.Tensor, plan: StripPlan) -> torch.Tensor:
-    """Upsample.forward (nearest x2, then a 3x3 conv), upsampling only each strip's rows."""
-    out = _empty(x, conv.out_channels, 2 * x.shape[2], 2 * x.shape[3])
-
-    def fill(dst: torch.Tensor, lo: int, hi: int) -> None:
-        src = x[:, :, lo // 2: (hi - 1) // 2 + 1]  # low-res rows covering [lo, hi)
-        up = F.interpolate(src, scale_factor=2.0, mode="nearest")
-        off = lo - 2 * (lo // 2)
-        dst.copy_(up[:, :, off: off + hi - lo])
-
-    conv3x3_strips(fill, conv, out, plan)
-    return out
-
-
-def conv3x3(conv: nn.Conv2d, fill: Fill, like: torch.Tensor, plan: StripPlan) -> torch.Tensor:
-    """A new [B, Cout, H, W] tensor: conv of the input ``fill`` writes (H, W from ``like``)."""
-    out = _empty(like, conv.out_channels, like.shape[2], like.shape[3])
-    conv3x3_strips(fill, conv, out, plan)
-    return out
-
-
-def _level(level: nn.Module, h: torch.Tensor, plan: StripPlan) -> torch.Tensor:
-    for i, block in enumerate(level.block):
-        h = resnet_block(block, h, plan)
-        if len(level.attn) > 0:  # lowest resolution only: small, the plain block is fine
-            h = level.attn[i](h).contiguous(memory_format=CHANNELS_LAST)
-    return h
-
-
-def _mid(mid: nn.Module, h: torch.Tensor, plan: StripPlan) -> torch.Tensor:
-    h = resnet_block(mid.block_1, h, plan)
-    h = mid.attn_1(h).contiguous(memory_format=CHANNELS_LAST)
-    return resnet_block(mid.block_2, h, plan)
+def _bytes(x: torch.Tensor, channels: int, height: int, width: int) -> int:
+    return channels * height * width * x.element_size()
 
 
 def encode_striped(encoder: Encoder, x: torch.Tensor, plan: StripPlan) -> torch.Tensor:
     """Encoder.forward: pixels [B, 3, H, W] -> latents [B, z, H/f, W/f] (channels_last)."""
     x = x.contiguous(memory_format=CHANNELS_LAST)
-    h = conv3x3(encoder.conv_in, copy_fill(x), x, plan)
+    height, width = x.shape[2], x.shape[3]
+
+    def conv_in(h, _):
+        out_stats: list[Moments] = []
+        return conv3x3(encoder.conv_in, copy_fill(h), h, plan, out_stats), out_stats
+
+    steps = [Step(conv_in, _bytes(x, encoder.conv_in.out_channels, height, width))]
     for lvl, level in enumerate(encoder.down):
-        h = _level(level, h, plan)
+        size = _bytes(x, level.block[-1].out_channels, height, width)
+        steps.append(Step(lambda h, s, level=level: _level(level, h, plan, s), size, True))
         if lvl != encoder.num_levels - 1:
-            h = downsample(level.downsample.conv, h, plan)
-    h = _mid(encoder.mid, h, plan)
-    return conv3x3(encoder.conv_out, norm_fill(encoder.norm_out, h, plan), h, plan)
+            def down(h, _, conv=level.downsample.conv):
+                out_stats: list[Moments] = []
+                return downsample(conv, h, plan, out_stats), out_stats
+
+            steps.append(Step(down, size))
+            height, width = (height - 2) // 2 + 1, (width - 2) // 2 + 1
+    steps.append(Step(lambda h, s: _mid(encoder.mid, h, plan, s), 0, True))
+    steps.append(Step(lambda h, s: (conv3x3(encoder.conv_out, norm_fill(
+        encoder.norm_out, h, plan, s), h, plan), None), 0))
+    return _run_steps(steps, x, plan)
 
 
 def decode_striped(decoder: Decoder, z: torch.Tensor, plan: StripPlan) -> torch.Tensor:
     """Decoder.forward: latents [B, z, h, w] -> pixels [B, 3, h*f, w*f] (channels_last)."""
     z = z.contiguous(memory_format=CHANNELS_LAST)
-    h = _mid(decoder.mid, conv3x3(decoder.conv_in, copy_fill(z), z, plan), plan)
+    height, width = z.shape[2], z.shape[3]
+
+    def start(h, _):
+        h = conv3x3(decoder.conv_in, copy_fill(h), h, plan)
+        return _mid(decoder.mid, h, plan, None)
+
+    steps = [Step(start, 0)]
     for lvl in reversed(range(decoder.num_levels)):
-        h = _level(decoder.up[lvl], h, plan)
+        level = decoder.up[lvl]
+        cin = level.block[0].in_channels
+        steps.append(Step(lambda h, s, level=level: _level(level, h, plan, s),
+                          _bytes(z, cin, height, width), True))
         if lvl != 0:
-            h = upsample(decoder.up[lvl].upsample.conv, h, plan)
-    return conv3x3(decoder.conv_out, norm_fill(decoder.norm_out, h, plan), h, plan)
+            height, width = 2 * height, 2 * width
+
+            def up(h, _, conv=level.upsample.conv):
+                out_stats: list[Moments] = []
+                return upsample(conv, h, plan, out_stats), out_stats
+
+            steps.append(Step(up, _bytes(z, level.upsample.conv.out_channels, height, width)))
+    steps.append(Step(lambda h, s: (conv3x3(decoder.conv_out, norm_fill(
+        decoder.norm_out, h, plan, s), h, plan), None),
+        _bytes(z, decoder.conv_out.in_channels, height, width)))
+    return _run_steps(steps, z, plan)
