@@ -1,0 +1,51 @@
+"""Where IBQ's time goes at 1024x1024 bf16, batch 1: the top CUDA kernels of one encode and
+one decode under the torch profiler, per striped-forward variant (benchmarks/sweep_ibq.py).
+
+    PYTHONPATH=. python -m benchmarks.profile_ibq [--variants pr1-layout keep-all]
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from services.model.ibq import VisionTokenizer
+from services.model.ibq.model import IBQ
+
+from .bench_ibq import released_config
+from .sweep_ibq import VARIANTS, _configure
+
+
+def top(fn, title: str, n: int = 14) -> None:
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
+    total = sum(e.self_device_time_total for e in events)
+    print(f"\n## {title}: {total / 1e3:.1f} ms of kernels")
+    for e in sorted(events, key=lambda e: -e.self_device_time_total)[:n]:
+        print(f"{e.self_device_time_total / 1e3:8.2f} ms {e.count:5d}x  {e.key[:90]}")
+
+
+@torch.inference_mode()
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--variants", nargs="+", default=["pr1-layout", "keep-all"])
+    args = ap.parse_args(argv)
+    torch.manual_seed(0)
+    vision = VisionTokenizer(IBQ(released_config()), device="cuda", dtype=torch.bfloat16)
+    pixels = torch.rand(1, 3, 1024, 1024, device="cuda") * 2 - 1
+    codes = torch.randint(0, 131072, (1, 64, 64))
+    for name in args.variants:
+        options, screened, bench = VARIANTS[name]
+        _configure(vision.model, options, screened, bench)
+        vision.model.striped = True
+        top(lambda: vision.encode(pixels), f"{name} encode")
+        top(lambda: vision.decode(codes), f"{name} decode")
+
+
+if __name__ == "__main__":
+    main()
