@@ -108,3 +108,36 @@ def norm_swish_into(src: torch.Tensor, dst: torch.Tensor, mean: torch.Tensor,
         norm_swish_triton(src, dst, mean, rstd, weight, bias, swish)
         return
     dst.copy_(norm_swish_reference(src, mean, rstd, weight, bias, swish))
+
+
+def conv_epilogue_reference(y: torch.Tensor, bias: torch.Tensor, dst: torch.Tensor | None,
+                            add: bool, groups: int | None) -> Moments | None:
+    """Finish a bias-free conv output strip y [B, C, h, W]: ``v = y + bias`` (rounded to y's
+    dtype, as the conv's own bias add), then ``dst += v`` (add) or ``dst = v``, or neither when
+    dst is None; returns :func:`group_moments_reference` of the result when ``groups``."""
+    v = y + bias.to(y.dtype)[:, None, None]
+    if dst is not None:
+        if add:
+            dst.add_(v)
+        else:
+            dst.copy_(v)
+        v = dst
+    return group_moments_reference(v, groups) if groups else None
+
+
+def conv_epilogue(y: torch.Tensor, bias: torch.Tensor, dst: torch.Tensor | None = None,
+                  add: bool = False, groups: int | None = None,
+                  impl: str = "reference") -> Moments | None:
+    """:func:`conv_epilogue_reference` in one pass over y (Triton on CUDA): replaces the conv's
+    broadcast bias add, the copy or residual add into dst and the moments pass with one kernel.
+    y and dst may be strided views (row/column strides free, channel stride 1)."""
+    c = y.shape[1]
+    per_group = c // groups if groups else c
+    pow2 = per_group & (per_group - 1) == 0 and (groups or 1) & ((groups or 1) - 1) == 0
+    dense = y.stride(1) == 1 and (dst is None or (dst.stride(1) == 1 and dst.shape == y.shape))
+    on_device = all(t.is_cuda or not torch.cuda.is_available() for t in (y, bias))
+    if impl == "triton" and pow2 and dense and on_device and c >= 16:
+        from .triton_group_norm import conv_epilogue_triton
+
+        return conv_epilogue_triton(y, bias, dst, add, groups)
+    return conv_epilogue_reference(y, bias, dst, add, groups)

@@ -103,3 +103,74 @@ def norm_swish_triton(src: torch.Tensor, dst: torch.Tensor, mean: torch.Tensor,
     _norm_swish_kernel[grid](src, dst, mean.contiguous(), rstd.contiguous(), weight, bias,
                              src.stride(0), dst.stride(0), n_pos, C=c, CPG=c // mean.shape[1],
                              G=mean.shape[1], BLOCK_C=block_c, BLOCK_P=block_p, SWISH=swish)
+
+
+@triton.jit
+def _epilogue_kernel(y_ptr, bias_ptr, dst_ptr, mean_ptr, m2_ptr, cnt_ptr,
+                     s_yb, s_yr, s_yw, s_db, s_dr, s_dw, width, n_pos, pos_per_prog,
+                     G: tl.constexpr, CPG: tl.constexpr, BLOCK_P: tl.constexpr,
+                     STORE: tl.constexpr, ADD: tl.constexpr, STATS: tl.constexpr):
+    """Program (chunk, image): v = round(y + bias) [; v = round(dst + v)] [; dst = v] on the
+    [rows, W] positions of its chunk, and the partial (mean, M2) per group of the stored v."""
+    chunk = tl.program_id(0)
+    img = tl.program_id(1).to(tl.int64)
+    g = tl.arange(0, G)
+    k = tl.arange(0, CPG)
+    chan = (g[:, None] * CPG + k[None, :])[None, :, :]  # [1, G, CPG]
+    bias = tl.load(bias_ptr + chan).to(tl.float32)
+    start = chunk * pos_per_prog
+    stop = tl.minimum(start + pos_per_prog, n_pos)
+    n_a = tl.sum(tl.zeros((G,), dtype=tl.float32), 0)
+    mean_a = tl.zeros((G,), dtype=tl.float32)
+    m2_a = tl.zeros((G,), dtype=tl.float32)
+    for p0 in range(start, stop, BLOCK_P):
+        p = p0 + tl.arange(0, BLOCK_P)
+        ok = (p < stop)[:, None, None]
+        r = (p // width).to(tl.int64)[:, None, None]
+        w = (p % width).to(tl.int64)[:, None, None]
+        y = tl.load(y_ptr + img * s_yb + r * s_yr + w * s_yw + chan, mask=ok, other=0.0)
+        v = (y.to(tl.float32) + bias).to(y_ptr.dtype.element_ty)  # as conv's own bias add
+        d_ptrs = dst_ptr + img * s_db + r * s_dr + w * s_dw + chan
+        if ADD:
+            v = (tl.load(d_ptrs, mask=ok, other=0.0).to(tl.float32) + v.to(tl.float32))
+            v = v.to(dst_ptr.dtype.element_ty)
+        if STORE:
+            tl.store(d_ptrs, v.to(dst_ptr.dtype.element_ty), mask=ok)
+        if STATS:
+            x = v.to(tl.float32)
+            n_b = (tl.minimum(stop - p0, BLOCK_P) * CPG).to(tl.float32)
+            mean_b = tl.sum(tl.sum(tl.where(ok, x, 0.0), 2), 0) / n_b
+            d = tl.where(ok, x - mean_b[None, :, None], 0.0)
+            m2_b = tl.sum(tl.sum(d * d, 2), 0)
+            n = n_a + n_b
+            delta = mean_b - mean_a
+            mean_a = mean_a + delta * (n_b / n)
+            m2_a = m2_a + m2_b + delta * delta * (n_a * n_b / n)
+            n_a = n
+    if STATS:
+        out = (img * tl.num_programs(0) + chunk) * G + g
+        tl.store(mean_ptr + out, mean_a)
+        tl.store(m2_ptr + out, m2_a)
+        tl.store(cnt_ptr + out, tl.zeros((G,), dtype=tl.float32) + n_a)
+
+
+def conv_epilogue_triton(y: torch.Tensor, bias: torch.Tensor, dst: torch.Tensor | None,
+                         add: bool, groups: int | None):
+    """One pass over a conv output strip y [B, C, h, W] (channel stride 1, any row/column
+    strides): add the conv bias, then copy into or add into dst (same shape, channel stride 1),
+    and take the group moments of the result. Returns (count, mean, M2) or None."""
+    b, c, h, w = y.shape
+    groups_k = groups or 1
+    n_pos = h * w
+    block_p = max(1, triton.next_power_of_2(max(1, _STATS_TILE // c)))
+    per_prog = max(block_p, triton.cdiv(triton.cdiv(n_pos, _STATS_PROGRAMS), block_p) * block_p)
+    chunks = triton.cdiv(n_pos, per_prog)
+    shape = (b, chunks, groups_k) if groups else (1,)
+    mean, m2, cnt = (torch.empty(shape, device=y.device, dtype=torch.float32) for _ in range(3))
+    out = dst if dst is not None else y
+    _epilogue_kernel[(chunks, b)](y, bias, out, mean, m2, cnt,
+                                  y.stride(0), y.stride(2), y.stride(3),
+                                  out.stride(0), out.stride(2), out.stride(3), w, n_pos, per_prog,
+                                  G=groups_k, CPG=c // groups_k, BLOCK_P=block_p,
+                                  STORE=dst is not None, ADD=add, STATS=groups is not None)
+    return (cnt, mean, m2) if groups else None

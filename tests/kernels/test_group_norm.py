@@ -15,8 +15,9 @@ import torch.nn.functional as F
 if not torch.cuda.is_available():  # must be set before triton.jit decorates the kernels
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from kernels.group_norm import (group_moments, group_stats, group_stats_reference,  # noqa: E402
-                                norm_swish_into, norm_swish_reference, stats_from_moments)
+from kernels.group_norm import (conv_epilogue, group_moments, group_stats,  # noqa: E402
+                                group_stats_reference, norm_swish_into, norm_swish_reference,
+                                stats_from_moments)
 
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
                                   reason="triton is not installed")
@@ -84,6 +85,34 @@ def test_triton_norm_rows_match_reference(dtype, swish):
     tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=1e-2, rtol=1e-2)
     torch.testing.assert_close(dst[:, :, 1:6], expected, **tol)
     assert not dst[:, :, 0].any() and not dst[:, :, 6].any()
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("mode", ["copy", "add", "stats-only", "interleaved"])
+def test_triton_conv_epilogue_matches_reference(dtype, mode):
+    # y: a bias-free conv output strip; dst: rows of a taller tensor, or (interleaved) every
+    # other row and column of it, as the sub-pixel upsample writes its four phases.
+    y = _activation((2, 64, 3, 5), offset=4.0, dtype=dtype, seed=3)
+    bias = _affine(64, seed=4)[1].to(dtype)
+    big = _activation((2, 64, 8, 10), dtype=dtype, seed=5)
+    view = {"copy": lambda t: t[:, :, 2:5, :5], "add": lambda t: t[:, :, 4:7, 3:8],
+            "stats-only": None, "interleaved": lambda t: t[:, :, 1:7:2, 1::2]}[mode]
+    got_big, ref_big = big.clone(), big.clone()
+    got_dst = view(got_big) if view else None
+    ref_dst = view(ref_big) if view else None
+    got = conv_epilogue(y, bias, got_dst, mode == "add", 32, impl="triton")
+    ref = conv_epilogue(y, bias, ref_dst, mode == "add", 32, impl="reference")
+    # bf16: one ulp at |v| ~ 16 (interpreter rounding, a cancelling residual add)
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=0.13, rtol=1e-2)
+    torch.testing.assert_close(got_big, ref_big, **tol)  # also: nothing outside dst written
+    mean, rstd = stats_from_moments([got], 1e-6)
+    # the moments of what was stored (TRITON_INTERPRET rounds bf16 differently from torch)
+    ref_mean, ref_rstd = stats_from_moments([group_moments(got_dst, 32)] if view else [ref], 1e-6)
+    loose = dtype == torch.bfloat16 and not view
+    torch.testing.assert_close(mean, ref_mean, atol=1e-4, rtol=1e-2 if loose else 1e-4)
+    torch.testing.assert_close(rstd, ref_rstd, atol=0, rtol=1e-2 if loose else 1e-3)
+    assert conv_epilogue(y, bias, None, False, None, impl="triton") is None
 
 
 @pytest.mark.gpu

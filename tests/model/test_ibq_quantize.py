@@ -55,3 +55,24 @@ def test_ties_go_to_the_lowest_index():
 def test_screened_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="codebook"):
         quantize_screened(torch.zeros(1, 8, 2, 2), torch.zeros(10, 4))
+
+
+def test_every_position_falls_back_when_no_candidate_is_allowed():
+    gen = torch.Generator().manual_seed(8)
+    z = torch.randn(1, 16, 3, 4, generator=gen)
+    book = torch.randn(500, 16, generator=gen)
+    assert torch.equal(quantize_screened(z, book, 2048, k=0), quantize_argmax(z, book, 2048))
+
+
+def test_near_duplicate_rows_are_rescored_exactly_without_fallback(monkeypatch):
+    # Groups of rows closer than the screen can tell apart: all land in the window, and the
+    # exact fp32 rescoring (not the fallback) must pick the fp32 argmax.
+    gen = torch.Generator().manual_seed(9)
+    base = torch.randn(40, 32, generator=gen)
+    book = (base[:, None] + 1e-3 * torch.randn(40, 5, 32, generator=gen)).reshape(200, 32)
+    z = torch.randn(2, 32, 4, 4, generator=gen)
+    monkeypatch.setattr(q, "quantize_argmax", lambda *a: pytest.fail("fell back"))
+    got = quantize_screened(z, book, 1 << 20, k=200)  # never over k
+    expected = torch.stack([(z.permute(0, 2, 3, 1).double() @ book.double().T).argmax(-1)])[0]
+    differ = got != expected
+    assert _near_tie(z, book, got, expected)[differ].all()

@@ -6,6 +6,7 @@ mid-size config) with strips down to one row, so every halo, edge and padding ca
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import statistics
 import time
@@ -17,7 +18,8 @@ if not torch.cuda.is_available():  # must be set before triton.jit decorates the
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from services.model.ibq import IBQ, IBQConfig, VisionTokenizer  # noqa: E402
-from services.model.ibq.modules import Upsample  # noqa: E402
+from services.model.ibq.attention import attn_block  # noqa: E402
+from services.model.ibq.modules import AttnBlock, Upsample  # noqa: E402
 from services.model.ibq.striped import (StripPlan, decode_striped, encode_striped,  # noqa: E402
                                         kept_rows, resnet_block)
 from services.model.ibq.strips import upsample  # noqa: E402
@@ -70,6 +72,7 @@ PLAN_OPTIONS = {
     "plain-layout": dict(level_bytes=None, group_bytes=None, subpixel=False),
     "tight": dict(level_bytes=1, group_bytes=1),
     "default": dict(),
+    "unfused": dict(fused_epilogue=False, attention="module"),  # cuDNN bias, SDPA attention
 }
 
 
@@ -97,6 +100,21 @@ def test_tight_plan_with_triton_kernels_equals_plain():
         _close(decode_striped(model.decoder, z, plan), model.decoder(z), 1e-4)
 
 
+@pytest.mark.parametrize("impl", ["reference", pytest.param("triton", marks=pytest.mark.skipif(
+    importlib.util.find_spec("triton") is None, reason="triton is not installed"))])
+@pytest.mark.parametrize("shape", [(1, 64, 4, 4), (3, 32, 5, 3)])
+def test_explicit_attention_equals_the_module(impl, shape):
+    gen = torch.Generator().manual_seed(11)
+    block = AttnBlock(shape[1]).eval()
+    with torch.no_grad():
+        for p in block.parameters():
+            p.normal_(0, 0.3, generator=gen)
+        x = (torch.randn(shape, generator=gen) * 3).contiguous(memory_format=torch.channels_last)
+        got = attn_block(block, x, impl)
+        assert got.is_contiguous(memory_format=torch.channels_last)
+        _close(got, block(x), 1e-5)
+
+
 @pytest.mark.parametrize("height", [5, 6, 9, 17])
 @pytest.mark.parametrize("strip_bytes", [1, 700, 1 << 20])
 def test_recomputed_conv1_tail_equals_plain_block(height, strip_bytes):
@@ -120,11 +138,11 @@ def test_recomputed_conv1_tail_equals_plain_block(height, strip_bytes):
 @pytest.mark.parametrize("strip_bytes", [1, 300, 1 << 20])
 def test_subpixel_upsample_equals_nearest_then_conv(size, strip_bytes):
     gen = torch.Generator().manual_seed(9)
-    module = Upsample(16)
+    module = Upsample(32)  # GroupNorm moments need C % 32 == 0
     with torch.no_grad():
         module.conv.weight.normal_(0, 0.2, generator=gen)
         module.conv.bias.normal_(0, 0.2, generator=gen)
-        x = torch.randn(2, 16, *size, generator=gen).contiguous(memory_format=torch.channels_last)
+        x = torch.randn(2, 32, *size, generator=gen).contiguous(memory_format=torch.channels_last)
         stats = []
         got = upsample(module.conv, x, StripPlan(strip_bytes), stats)
         _close(got, module(x), 1e-5)

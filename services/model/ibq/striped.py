@@ -29,7 +29,8 @@ from torch import nn
 
 from kernels.group_norm import Moments
 
-from .modules import Decoder, Encoder, ResnetBlock
+from .attention import attn_block
+from .modules import AttnBlock, Decoder, Encoder, ResnetBlock
 from .strips import (CHANNELS_LAST, DEFAULT_STRIP_BYTES, StripPlan, add_to, conv3x3, conv_rows,
                      copy_fill, downsample, empty_like_rows, norm_fill, plan_for, stats_only,
                      upsample, write_to)
@@ -82,28 +83,37 @@ def resnet_block(block: ResnetBlock, x: torch.Tensor, plan: StripPlan,
     done = height if keep == height else keep - 1
     conv_rows(fill2, block.conv2, x, size, plan, 0, done, add_to(res, plan, out_stats))
     if keep < height:
+        edge = head[:, :, keep - 2:].clone()  # conv1 rows K-2, K-1: conv2's upper halo
+        del head, fill2  # before the tail exists: head and tail together would pass the budget
         tail = empty_like_rows(x, cout, height - keep + 2, width)  # conv1 rows K-2 .. H-1
-        tail[:, :, :2].copy_(head[:, :, keep - 2:])
-        del head, fill2
+        tail[:, :, :2].copy_(edge)
+        del edge
         conv_rows(fill1, block.conv1, x, size, plan, keep, height, write_to(tail, plan, keep - 2))
         fill2 = norm_fill(block.norm2, tail, plan, h_stats, row0=keep - 2)
         conv_rows(fill2, block.conv2, x, size, plan, done, height, add_to(res, plan, out_stats))
     return res, out_stats
 
 
+def attention(block: AttnBlock, h: torch.Tensor, plan: StripPlan) -> torch.Tensor:
+    """AttnBlock.forward on a channels_last h, by ``plan.attention``."""
+    if plan.attention == "explicit":
+        return attn_block(block, h, plan.impl)
+    return block(h).contiguous(memory_format=CHANNELS_LAST)
+
+
 def _level(level: nn.Module, h: torch.Tensor, plan: StripPlan,
            stats: Stats) -> tuple[torch.Tensor, Stats]:
     for i, block in enumerate(level.block):
         h, stats = resnet_block(block, h, plan, stats)
-        if len(level.attn) > 0:  # lowest resolution only: small, the plain block is fine
-            h, stats = level.attn[i](h).contiguous(memory_format=CHANNELS_LAST), None
+        if len(level.attn) > 0:  # lowest resolution only
+            h, stats = attention(level.attn[i], h, plan), None
     return h, stats
 
 
 def _mid(mid: nn.Module, h: torch.Tensor, plan: StripPlan,
          stats: Stats) -> tuple[torch.Tensor, Stats]:
     h, _ = resnet_block(mid.block_1, h, plan, stats)
-    h = mid.attn_1(h).contiguous(memory_format=CHANNELS_LAST)
+    h = attention(mid.attn_1, h, plan)
     return resnet_block(mid.block_2, h, plan)
 
 

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.group_norm import Moments, group_moments, group_stats, norm_swish_into, \
-    stats_from_moments
+from kernels.group_norm import Moments, conv_epilogue, group_moments, group_stats, \
+    norm_swish_into, stats_from_moments
 
 from .config import NORM_GROUPS
 
@@ -35,8 +35,9 @@ DEFAULT_GROUP_BYTES = 256 * 1024 * 1024
 
 # fill(dst, lo, hi): write rows [lo, hi) of a conv's (activated) input into dst [B, C, hi-lo, W].
 Fill = Callable[[torch.Tensor, int, int], None]
-# sink(r0, r1, y): take output rows [r0, r1) of a conv, y [B, Cout, r1-r0, W].
-Sink = Callable[[int, int, torch.Tensor], None]
+# sink(r0, r1, y, bias): take output rows [r0, r1) of a conv, y [B, Cout, r1-r0, W], whose
+# bias is still to be added (None: y already has it).
+Sink = Callable[[int, int, torch.Tensor, torch.Tensor | None], None]
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,8 @@ class StripPlan:
     subpixel: bool = True
     level_bytes: int | None = DEFAULT_LEVEL_BYTES
     group_bytes: int | None = DEFAULT_GROUP_BYTES
+    fused_epilogue: bool = True
+    attention: str = "explicit"
 
     def rows(self, width: int, channels: int, dtype: torch.dtype) -> int:
         """Output rows per strip for a conv whose input is [*, channels, *, width]."""
@@ -101,9 +104,9 @@ def conv_rows(fill: Fill, conv: nn.Conv2d, like: torch.Tensor, size: tuple[int, 
         if b < r1 + 1:
             buf[:, :, -1].zero_()
         fill(buf[:, :, a - r0 + 1: b - r0 + 1], a, b)
-        y = F.conv2d(buf, conv.weight, conv.bias, padding=(0, 1))  # [B, Cout, r1-r0, W]
+        y = F.conv2d(buf, conv.weight, _conv_bias(conv, plan), padding=(0, 1))  # [B, Co, n, W]
         del buf
-        sink(r0, r1, y)
+        sink(r0, r1, y, _sink_bias(conv, plan))
         del y  # before the next strip's buffer is allocated
 
 
@@ -111,28 +114,49 @@ def moments_of(t: torch.Tensor, plan: StripPlan) -> Moments:
     return group_moments(t, NORM_GROUPS, plan.impl)
 
 
+def _conv_bias(conv: nn.Conv2d, plan: StripPlan) -> torch.Tensor | None:
+    """The bias F.conv2d adds itself (None when the fused epilogue adds it)."""
+    return None if plan.fused_epilogue else conv.bias
+
+
+def _sink_bias(conv: nn.Conv2d, plan: StripPlan) -> torch.Tensor | None:
+    return conv.bias if plan.fused_epilogue else None
+
+
+def finish(y: torch.Tensor, bias: torch.Tensor | None, dst: torch.Tensor | None, add: bool,
+           plan: StripPlan, stats: list[Moments] | None) -> None:
+    """Bias (if still due), then copy into / add into ``dst`` (or neither), then the moments of
+    the result into ``stats``: one fused pass when ``bias`` is given (plan.fused_epilogue)."""
+    if bias is not None:
+        moments = conv_epilogue(y, bias, dst, add, NORM_GROUPS if stats is not None else None,
+                                plan.impl)
+        if stats is not None:
+            stats.append(moments)
+        return
+    if dst is not None:
+        dst.add_(y) if add else dst.copy_(y)
+        y = dst
+    if stats is not None:
+        stats.append(moments_of(y, plan))
+
+
 def write_to(out: torch.Tensor, plan: StripPlan, row0: int = 0,
              stats: list[Moments] | None = None) -> Sink:
     """Copy each strip into ``out`` (whose row 0 is conv row ``row0``), taking its moments."""
-    def sink(r0: int, r1: int, y: torch.Tensor) -> None:
-        out[:, :, r0 - row0: r1 - row0].copy_(y)
-        if stats is not None:
-            stats.append(moments_of(y, plan))
+    def sink(r0: int, r1: int, y: torch.Tensor, bias: torch.Tensor | None) -> None:
+        finish(y, bias, out[:, :, r0 - row0: r1 - row0], False, plan, stats)
     return sink
 
 
 def add_to(out: torch.Tensor, plan: StripPlan, stats: list[Moments] | None = None) -> Sink:
     """Add each strip into ``out`` (the residual), taking the moments of the sum."""
-    def sink(r0: int, r1: int, y: torch.Tensor) -> None:
-        rows = out[:, :, r0:r1]
-        rows.add_(y)
-        if stats is not None:
-            stats.append(moments_of(rows, plan))
+    def sink(r0: int, r1: int, y: torch.Tensor, bias: torch.Tensor | None) -> None:
+        finish(y, bias, out[:, :, r0:r1], True, plan, stats)
     return sink
 
 
 def stats_only(stats: list[Moments], plan: StripPlan) -> Sink:
-    return lambda r0, r1, y: stats.append(moments_of(y, plan))
+    return lambda r0, r1, y, bias: finish(y, bias, None, False, plan, stats)
 
 
 def copy_fill(x: torch.Tensor) -> Fill:
@@ -178,9 +202,9 @@ def downsample(conv: nn.Conv2d, x: torch.Tensor, plan: StripPlan,
         if real < i1:
             buf[:, :, real - i0:].zero_()
         buf[:, :, :real - i0, :width].copy_(x[:, :, i0:real])
-        y = F.conv2d(buf, conv.weight, conv.bias, stride=2)
+        y = F.conv2d(buf, conv.weight, _conv_bias(conv, plan), stride=2)
         del buf
-        sink(o0, o1, y)
+        sink(o0, o1, y, _sink_bias(conv, plan))
         del y
     return out
 
@@ -229,10 +253,13 @@ def upsample(conv: nn.Conv2d, x: torch.Tensor, plan: StripPlan,
         pad[:, :, lo - a + 1: hi - a + 1, 1: width + 1].copy_(x[:, :, lo:hi])
         for phase, kernel in enumerate(kernels):
             py, px = divmod(phase, 2)
-            y = F.conv2d(pad, kernel, conv.bias)  # [B, Cout, b-a+1, W+1]; each phase uses n x W
-            out[:, :, 2 * a + py: 2 * b: 2, px::2].copy_(y[:, :, py: py + b - a, px: px + width])
+            y = F.conv2d(pad, kernel, _conv_bias(conv, plan))  # [B, Cout, b-a+1, W+1]
+            # each phase uses b-a rows x W columns of y, interleaved into out
+            finish(y[:, :, py: py + b - a, px: px + width], _sink_bias(conv, plan),
+                   out[:, :, 2 * a + py: 2 * b: 2, px::2], False, plan,
+                   stats if plan.fused_epilogue else None)
             del y
         del pad
-        if stats is not None:
+        if stats is not None and not plan.fused_epilogue:
             stats.append(moments_of(out[:, :, 2 * a: 2 * b], plan))
     return out
