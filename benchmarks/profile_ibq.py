@@ -1,7 +1,7 @@
 """Where IBQ's time goes at 1024x1024 bf16, batch 1: the top CUDA kernels of one encode and
 one decode under the torch profiler, per striped-forward variant (benchmarks/sweep_ibq.py).
 
-    PYTHONPATH=. python -m benchmarks.profile_ibq [--variants pr1-layout keep-all]
+    PYTHONPATH=. python -m benchmarks.profile_ibq [--variants old-default default]
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def top(fn, title: str, n: int = 14) -> None:
 @torch.inference_mode()
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--variants", nargs="+", default=["pr1-layout", "keep-all"])
+    ap.add_argument("--variants", nargs="+", default=["old-default", "default"])
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     vision = VisionTokenizer(IBQ(released_config()), device="cuda", dtype=torch.bfloat16)

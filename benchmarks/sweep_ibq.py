@@ -4,7 +4,7 @@ For each variant: encode and decode ms/image and extra peak GiB (max_memory_allo
 was allocated before, as bench_ibq) at batch 1, 2, 4; the max abs difference of its encoder
 latents and decoder pixels from the plain (unstriped) bf16 forward at batch 2; its ratio to the
 FLOP floor at the measured bf16 matmul rate (kernels/NOTES.md, IBQ). Also the two quantizers
-alone (fp32 argmax vs bf16 screen) and whether their codes agree. Table last.
+alone (fp32 argmax vs bf16 window screen) and whether their codes agree. Table last.
 
     PYTHONPATH=. python -m benchmarks.sweep_ibq [--quick] [--json PATH]
 """
@@ -27,15 +27,18 @@ from .common import Ceilings, measure_ceilings
 from .ibq_floor import decode_flops, encode_flops
 
 MIB = 1 << 20
-# name -> (StripPlan options, screened quantizer, cudnn.benchmark)
+# name -> (StripPlan options, screened quantizer, cudnn.benchmark). "old-default" is the default
+# before the fused conv epilogue and the explicit attention (strip16/strip64/cudnn-bench: no
+# gain on 2026-11-30, dropped to fit one call).
+OLD = dict(fused_epilogue=False, attention="module")
 VARIANTS = {
-    "pr1-layout": (dict(level_bytes=None, group_bytes=None, subpixel=False), False, False),
+    "pr1-layout": (dict(level_bytes=None, group_bytes=None, subpixel=False, **OLD), False, False),
+    "old-default": (OLD, True, False),
+    "unfused-epi": (dict(fused_epilogue=False), True, False),
+    "sdpa-attn": (dict(attention="module"), True, False),
     "default": (dict(), True, False),
     "keep-all": (dict(level_bytes=None), True, False),
     "level900": (dict(level_bytes=900 * MIB), True, False),
-    "strip16": (dict(strip_bytes=16 * MIB), True, False),
-    "strip64": (dict(strip_bytes=64 * MIB), True, False),
-    "cudnn-bench": (dict(), True, True),
 }
 
 

@@ -243,9 +243,10 @@ def test_released_striped_equals_plain_on_gpu(released_vision):
 
 @pytest.mark.gpu
 def test_released_1024_time_memory_and_batching(released_vision):
-    """Issue 5 asks <= 50 ms and <= 1 GiB extra per 1024^2 image and scaling with batch; not
-    met yet. Measured on an H200 (benchmarks/RESULTS.md): encode 61 ms, decode 75 ms, 1.07 GiB,
-    no gain from batch 4. These bounds guard that figure against regressions."""
+    """Issue 5 asks <= 50 ms and <= 1e9 bytes extra per 1024^2 image and scaling with batch.
+    The memory bound is the target (predicted ~0.92e9: block input + kept conv1 rows + strips,
+    kernels/NOTES.md); the time bound still guards the 2026-11-30 H200 figures (62-86 ms)
+    against regressions until the sweep shows decode under 50 ms."""
     vision = released_vision
     figures = {}
     for batch in (1, 4):
@@ -256,11 +257,8 @@ def test_released_1024_time_memory_and_batching(released_vision):
     for (op, batch), (sec, extra) in figures.items():
         print(f"{op} batch {batch}: {sec * 1e3 / batch:.1f} ms/image, "
               f"{extra / 2**30:.3f} GiB extra")
-    # Floor of this design: a ResnetBlock's input and its conv1 output (2 x 512 MiB at
-    # 1024^2 x 256 channels in bf16) plus one strip's buffers.
-    strip_slack = 4 * released_vision.model.strip_bytes
     for op in ("encode", "decode"):
         sec, extra = figures[op, 1]
         assert sec <= 0.090, f"{op} {sec * 1e3:.1f} ms"
-        assert extra <= 2**30 + strip_slack, f"{op} {extra / 2**30:.3f} GiB"
+        assert extra < 1e9, f"{op} {extra / 1e9:.3f} GB"
         assert figures[op, 4][0] / 4 <= sec * 1.10, f"{op}: batch 4 is slower per image"
