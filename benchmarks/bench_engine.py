@@ -253,7 +253,7 @@ def print_table(res: dict) -> None:
           f"{s['kv_gib_used']:.1f} GiB KV | {s['images_per_hour']:.0f} img/h | roofline "
           f"{s['roofline_images_per_hour']:.0f} img/h | {s['ratio']:.3f} |")
     for row in res["ibq"]:
-        print(f"| IBQ {row['op']} {row['dtype']} batch {row['batch']} | {row['ms']:.1f} ms "
+        print(f"| IBQ {row['op']} {row['dtype']} {row['layout']} batch {row['batch']} | {row['ms']:.1f} ms "
               f"({row['ms_per_image']:.1f}/image) | extra peak {row['extra_gib']:.2f} GiB | | |")
 
 

@@ -1,7 +1,8 @@
 """IBQ vision tokenizer at the released shape (random weights): encode and decode time and
 extra peak memory at 1024x1024, batch 1 and 4, fp32 (the reference's dtype) and bf16, with the
-tokenizer's defaults (striped forward with its default StripPlan, bf16-screened quantizer).
-Variants side by side: benchmarks/sweep_ibq.py."""
+tokenizer's defaults (striped forward with its default StripPlan, fp32 argmax quantizer); in
+bf16 also the first striped layout (``v1``: full-level blocks, nearest upsample, separate
+bias/residual passes) in the same run. More variants: benchmarks/sweep_ibq.py."""
 from __future__ import annotations
 
 import torch
@@ -31,19 +32,29 @@ def _measure(fn, iters: int) -> tuple[float, int]:
     return watch.stop() / iters, torch.cuda.max_memory_allocated() - base
 
 
+# layout name -> StripPlan options (services/model/ibq/strips.py)
+LAYOUTS = {"default": {},
+           "v1": dict(level_bytes=None, group_bytes=None, subpixel=False, fused_epilogue=False,
+                      attention="module")}
+
+
 def bench_ibq(quick: bool = False) -> list[dict]:
     side = 256 if quick else 1024
     rows = []
-    for dtype in (torch.float32, torch.bfloat16):
+    runs = [(torch.float32, "default", (1,)), (torch.bfloat16, "default", (1, 2, 4)),
+            (torch.bfloat16, "v1", (1, 4))]
+    for dtype, layout, batches in runs:
         torch.manual_seed(0)
         vision = VisionTokenizer(IBQ(released_config()), device="cuda", dtype=dtype)
-        for batch in (1, 4):
+        vision.model.strip_options = dict(LAYOUTS[layout])
+        for batch in batches:
             pixels = torch.rand(batch, 3, side, side, device="cuda") * 2 - 1
             codes = torch.randint(0, 131072, (batch, side // 16, side // 16))
             for op, fn in (("encode", lambda: vision.encode(pixels)),
                            ("decode", lambda: vision.decode(codes))):
                 t, extra = _measure(fn, iters=2 if quick else 5)
                 rows.append(dict(op=op, dtype=str(dtype).removeprefix("torch."), batch=batch,
+                                 layout=layout,
                                  side=side, ms=t * 1e3, ms_per_image=t * 1e3 / batch,
                                  extra_gib=extra / 2**30))
         del vision

@@ -55,8 +55,9 @@ class IBQ(nn.Module):
         self.striped: bool | None = None
         self.strip_bytes = DEFAULT_STRIP_BYTES
         self.strip_options: dict = {}  # other StripPlan fields (benchmarks/sweep_ibq.py)
-        # None: the bf16-screened quantizer on CUDA (tensor cores), the plain fp32 one elsewhere.
-        self.screened: bool | None = None
+        # The plain fp32 argmax unless set: the bf16 screen (quantize.py) measured slower on an
+        # H200 (17.3 vs 8.5 ms per 1024^2 image, 2026-11-30: its candidate gathers dominate).
+        self.screened: bool = False
 
     def strip_plan(self, x: torch.Tensor) -> StripPlan | None:
         """The strip plan for an input on ``x.device``, or None for the plain forward."""
@@ -75,8 +76,7 @@ class IBQ(nn.Module):
         self, x: torch.Tensor, max_chunk_bytes: int = DEFAULT_CHUNK_BYTES
     ) -> torch.Tensor:
         """Normalised pixels [B, 3, H, W] -> codes [B, H/f, W/f]."""
-        screened = self.screened if self.screened is not None else x.is_cuda
-        return self.quantize.codes(self.encode_latents(x), max_chunk_bytes, screened)
+        return self.quantize.codes(self.encode_latents(x), max_chunk_bytes, self.screened)
 
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes [B, h, w] -> decoder output [B, 3, h*f, w*f], nominally in [-1, 1]."""
