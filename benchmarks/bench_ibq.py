@@ -1,15 +1,15 @@
 """IBQ vision tokenizer at the released shape (random weights): encode and decode time and
 extra peak memory at 1024x1024, batch 1 and 4, fp32 (the reference's dtype) and bf16, with the
-tokenizer's defaults (striped forward with its default StripPlan, fp32 argmax quantizer); in
-bf16 also the first striped layout (``v1``: full-level blocks, nearest upsample, separate
-bias/residual passes) in the same run. More variants: benchmarks/sweep_ibq.py."""
+tokenizer's defaults (``auto``: the single-image layout at batch 1, the memory-bounded plan for
+batches; fp32 argmax quantizer); in bf16 also each layout forced at the other batch sizes, in
+the same run. More variants: benchmarks/sweep_ibq.py."""
 from __future__ import annotations
 
 import torch
 
 from services.model.ibq import VisionTokenizer
 from services.model.ibq.config import IBQConfig
-from services.model.ibq.model import IBQ
+from services.model.ibq.model import IBQ, SINGLE_IMAGE_LAYOUT
 
 from .common import Stopwatch
 
@@ -33,20 +33,18 @@ def _measure(fn, iters: int) -> tuple[float, int]:
 
 
 # layout name -> StripPlan options (services/model/ibq/strips.py)
-LAYOUTS = {"default": {},
-           "v1": dict(level_bytes=None, group_bytes=None, subpixel=False, fused_epilogue=False,
-                      attention="module")}
+LAYOUTS = {"auto": None, "bounded": {}, "single": SINGLE_IMAGE_LAYOUT}
 
 
 def bench_ibq(quick: bool = False) -> list[dict]:
     side = 256 if quick else 1024
     rows = []
-    runs = [(torch.float32, "default", (1,)), (torch.bfloat16, "default", (1, 2, 4)),
-            (torch.bfloat16, "v1", (1, 4))]
+    runs = [(torch.float32, "auto", (1,)), (torch.bfloat16, "auto", (1, 2, 4)),
+            (torch.bfloat16, "bounded", (1,)), (torch.bfloat16, "single", (4,))]
     for dtype, layout, batches in runs:
         torch.manual_seed(0)
         vision = VisionTokenizer(IBQ(released_config()), device="cuda", dtype=dtype)
-        vision.model.strip_options = dict(LAYOUTS[layout])
+        vision.model.strip_options = LAYOUTS[layout]
         for batch in batches:
             pixels = torch.rand(batch, 3, side, side, device="cuda") * 2 - 1
             codes = torch.randint(0, 131072, (batch, side // 16, side // 16))

@@ -19,6 +19,7 @@ if not torch.cuda.is_available():  # must be set before triton.jit decorates the
 
 from services.model.ibq import IBQ, IBQConfig, VisionTokenizer  # noqa: E402
 from services.model.ibq.attention import attn_block  # noqa: E402
+from services.model.ibq.model import SINGLE_IMAGE_LAYOUT  # noqa: E402
 from services.model.ibq.modules import AttnBlock, Upsample  # noqa: E402
 from services.model.ibq.striped import (StripPlan, decode_striped, encode_striped,  # noqa: E402
                                         kept_rows, resnet_block)
@@ -178,6 +179,11 @@ def test_cpu_default_is_the_plain_forward():
     model = _model(tiny_config(64))
     assert model.strip_plan(torch.zeros(1)) is None
     model.striped = True
+    # one image: the single-image layout; a batch: the default (memory-bounded) plan
+    assert model.strip_plan(torch.zeros(1)) == StripPlan(model.strip_bytes, "reference",
+                                                         **SINGLE_IMAGE_LAYOUT)
+    assert model.strip_plan(torch.zeros(2)) == StripPlan(model.strip_bytes, "reference")
+    model.strip_options = {}
     assert model.strip_plan(torch.zeros(1)) == StripPlan(model.strip_bytes, "reference")
     model.train()
     assert model.strip_plan(torch.zeros(1)) is None  # training keeps the autograd-friendly path

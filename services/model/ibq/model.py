@@ -14,6 +14,14 @@ from .striped import DEFAULT_STRIP_BYTES, StripPlan, decode_striped, encode_stri
 __all__ = ["DEFAULT_CHUNK_BYTES", "IBQ", "CodebookQuantizer", "quantize_argmax"]
 
 
+# One image: whole-level blocks, nearest upsample and separate bias/residual passes had the
+# lowest and steadiest latency on an H200 (2026-11-30: encode 61-66 ms, decode 76-94 ms over
+# four runs, 1.09 GiB extra); batches take the default plan, whose extra peak stays ~1.2 GiB
+# at batch 4 (4.4 GiB with this layout) at the same time per image (benchmarks/RESULTS.md).
+SINGLE_IMAGE_LAYOUT = dict(level_bytes=None, group_bytes=None, subpixel=False,
+                           fused_epilogue=False, attention="module")
+
+
 class CodebookQuantizer(nn.Module):
     """Holds the codebook as ``embedding`` (checkpoint key ``quantize.embedding.weight``)."""
 
@@ -54,7 +62,8 @@ class IBQ(nn.Module):
         # forward elsewhere; True/False force it (tests compare the two on the CPU).
         self.striped: bool | None = None
         self.strip_bytes = DEFAULT_STRIP_BYTES
-        self.strip_options: dict = {}  # other StripPlan fields (benchmarks/sweep_ibq.py)
+        # Other StripPlan fields (benchmarks/sweep_ibq.py); None picks by batch size (below).
+        self.strip_options: dict | None = None
         # The plain fp32 argmax unless set: the bf16 screen (quantize.py) measured slower on an
         # H200 (17.3 vs 8.5 ms per 1024^2 image, 2026-11-30: its candidate gathers dominate).
         self.screened: bool = False
@@ -64,7 +73,10 @@ class IBQ(nn.Module):
         use = self.striped if self.striped is not None else x.is_cuda
         if not use or self.training:
             return None
-        return plan_for(x.device, self.strip_bytes, **self.strip_options)
+        options = self.strip_options
+        if options is None:
+            options = {} if x.shape[0] > 1 else SINGLE_IMAGE_LAYOUT
+        return plan_for(x.device, self.strip_bytes, **options)
 
     def encode_latents(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised pixels [B, 3, H, W] in [-1, 1] -> pre-quantization latents [B, D, h, w]."""
