@@ -14,10 +14,10 @@ from .striped import DEFAULT_STRIP_BYTES, StripPlan, decode_striped, encode_stri
 __all__ = ["DEFAULT_CHUNK_BYTES", "IBQ", "CodebookQuantizer", "quantize_argmax"]
 
 
-# One image: whole-level blocks, nearest upsample and separate bias/residual passes had the
-# lowest and steadiest latency on an H200 (2026-11-30: encode 61-66 ms, decode 76-94 ms over
-# four runs, 1.09 GiB extra); batches take the default plan, whose extra peak stays ~1.2 GiB
-# at batch 4 (4.4 GiB with this layout) at the same time per image (benchmarks/RESULTS.md).
+# Whole-level blocks, nearest upsample and separate bias/residual passes: the lowest and
+# steadiest encode on an H200 at every batch size (2026-11-30, four runs: 60-66 ms per image,
+# 1.09 GiB extra per image) and the decode of one image (76-94 ms). Batched decodes take the
+# default plan: 63-80 ms per image, ~1.14 GiB extra at batch 4 (4.4 GiB with this layout).
 SINGLE_IMAGE_LAYOUT = dict(level_bytes=None, group_bytes=None, subpixel=False,
                            fused_epilogue=False, attention="module")
 
@@ -68,19 +68,21 @@ class IBQ(nn.Module):
         # H200 (17.3 vs 8.5 ms per 1024^2 image, 2026-11-30: its candidate gathers dominate).
         self.screened: bool = False
 
-    def strip_plan(self, x: torch.Tensor) -> StripPlan | None:
-        """The strip plan for an input on ``x.device``, or None for the plain forward."""
+    def strip_plan(self, x: torch.Tensor, bounded_batches: bool = True) -> StripPlan | None:
+        """The strip plan for an input on ``x.device``, or None for the plain forward.
+        ``bounded_batches``: batches of several images take the memory-bounded default plan
+        (decode); otherwise the single-image layout serves every batch size (encode)."""
         use = self.striped if self.striped is not None else x.is_cuda
         if not use or self.training:
             return None
         options = self.strip_options
         if options is None:
-            options = {} if x.shape[0] > 1 else SINGLE_IMAGE_LAYOUT
+            options = {} if bounded_batches and x.shape[0] > 1 else SINGLE_IMAGE_LAYOUT
         return plan_for(x.device, self.strip_bytes, **options)
 
     def encode_latents(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised pixels [B, 3, H, W] in [-1, 1] -> pre-quantization latents [B, D, h, w]."""
-        plan = self.strip_plan(x)
+        plan = self.strip_plan(x, bounded_batches=False)
         h = self.encoder(x) if plan is None else encode_striped(self.encoder, x, plan)
         return self.quant_conv(h)
 
