@@ -18,6 +18,18 @@ _NORM_TILE = 8192  # elements per normalise tile
 
 
 @triton.jit
+def _merge_block(n_a, mean_a, m2_a, x, ok, n_b):
+    """Chan's merge of a block x [P, G, CPG] (``ok`` masks its positions, n_b values per
+    group) into the running per-group (count, mean, M2)."""
+    mean_b = tl.sum(tl.sum(tl.where(ok, x, 0.0), 2), 0) / n_b
+    d = tl.where(ok, x - mean_b[None, :, None], 0.0)
+    m2_b = tl.sum(tl.sum(d * d, 2), 0)
+    n = n_a + n_b
+    delta = mean_b - mean_a
+    return n, mean_a + delta * (n_b / n), m2_a + m2_b + delta * delta * (n_a * n_b / n)
+
+
+@triton.jit
 def _group_stats_kernel(x_ptr, mean_ptr, m2_ptr, cnt_ptr, s_xb, n_pos, pos_per_prog,
                         G: tl.constexpr, CPG: tl.constexpr, BLOCK_P: tl.constexpr):
     """Program (chunk, image): partial (mean, M2) per group over positions of its chunk."""
@@ -38,14 +50,7 @@ def _group_stats_kernel(x_ptr, mean_ptr, m2_ptr, cnt_ptr, s_xb, n_pos, pos_per_p
         ptrs = x_ptr + img * s_xb + p.to(tl.int64)[:, None, None] * C + chan
         x = tl.load(ptrs, mask=ok, other=0.0).to(tl.float32)  # [P, G, CPG]
         n_b = (tl.minimum(stop - p0, BLOCK_P) * CPG).to(tl.float32)
-        mean_b = tl.sum(tl.sum(x, 2), 0) / n_b
-        d = tl.where(ok, x - mean_b[None, :, None], 0.0)
-        m2_b = tl.sum(tl.sum(d * d, 2), 0)
-        n = n_a + n_b
-        delta = mean_b - mean_a
-        mean_a = mean_a + delta * (n_b / n)
-        m2_a = m2_a + m2_b + delta * delta * (n_a * n_b / n)
-        n_a = n
+        n_a, mean_a, m2_a = _merge_block(n_a, mean_a, m2_a, x, ok, n_b)
     out = (img * tl.num_programs(0) + chunk) * G + g
     tl.store(mean_ptr + out, mean_a)
     tl.store(m2_ptr + out, m2_a)
@@ -137,16 +142,8 @@ def _epilogue_kernel(y_ptr, bias_ptr, dst_ptr, mean_ptr, m2_ptr, cnt_ptr,
         if STORE:
             tl.store(d_ptrs, v.to(dst_ptr.dtype.element_ty), mask=ok)
         if STATS:
-            x = v.to(tl.float32)
             n_b = (tl.minimum(stop - p0, BLOCK_P) * CPG).to(tl.float32)
-            mean_b = tl.sum(tl.sum(tl.where(ok, x, 0.0), 2), 0) / n_b
-            d = tl.where(ok, x - mean_b[None, :, None], 0.0)
-            m2_b = tl.sum(tl.sum(d * d, 2), 0)
-            n = n_a + n_b
-            delta = mean_b - mean_a
-            mean_a = mean_a + delta * (n_b / n)
-            m2_a = m2_a + m2_b + delta * delta * (n_a * n_b / n)
-            n_a = n
+            n_a, mean_a, m2_a = _merge_block(n_a, mean_a, m2_a, v.to(tl.float32), ok, n_b)
     if STATS:
         out = (img * tl.num_programs(0) + chunk) * G + g
         tl.store(mean_ptr + out, mean_a)
