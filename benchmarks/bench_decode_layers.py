@@ -19,7 +19,7 @@ import dataclasses
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from kernels.bench_timing import mean_s_back_to_back
+from kernels.bench_timing import cuda_graph_time
 from kernels.fused_norm import triton_ops
 from services.engine.runner import ModelRunner
 from services.model.transformer import ForwardContext
@@ -82,15 +82,6 @@ def kernels_per_layer(fn, layers: int) -> tuple[float, collections.Counter]:
     return (sum(names.values()) - 1) / layers, names  # less the final norm
 
 
-def graph_ms(fn, reps: int) -> float:
-    fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return mean_s_back_to_back(graph.replay, iters=reps, warmup=3) * 1e3
-
-
 @torch.inference_mode()
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -123,7 +114,7 @@ def main() -> None:
         times = {False: [], True: []}
         for _ in range(3):  # alternate, to see the spread
             for fuse in (False, True):
-                times[fuse].append(graph_ms(lambda: step.forward(fuse), args.reps) / n)
+                times[fuse].append(cuda_graph_time(lambda: step.forward(fuse), args.reps) * 1e3 / n)
         table.append((rows, counts, times, same))
     if args.smoke:
         return

@@ -5,13 +5,15 @@ batches; fp32 argmax quantizer); in bf16 also each layout forced at the other ba
 the same run. More variants: benchmarks/sweep_ibq.py."""
 from __future__ import annotations
 
+import statistics
+import time
+
 import torch
 
 from services.model.ibq import VisionTokenizer
 from services.model.ibq.config import IBQConfig
 from services.model.ibq.model import IBQ, SINGLE_IMAGE_LAYOUT
 
-from .common import Stopwatch
 
 
 def released_config() -> IBQConfig:
@@ -21,15 +23,23 @@ def released_config() -> IBQConfig:
                      num_res_blocks=4, attn_resolutions=(64,), resolution=1024, z_channels=256)
 
 
-def _measure(fn, iters: int) -> tuple[float, int]:
-    fn()  # warm up (cuDNN algorithm choice)
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    watch = Stopwatch()
+def measure(fn, iters: int) -> tuple[float, int]:
+    """(median seconds, extra peak bytes over what was allocated before; 0 off CUDA) of
+    ``fn`` after one warm-up call (cuDNN algorithm choice, Triton compilation)."""
+    cuda = torch.cuda.is_available()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    fn()
+    sync()
+    if cuda:
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
     for _ in range(iters):
+        t0 = time.perf_counter()
         fn()
-    return watch.stop() / iters, torch.cuda.max_memory_allocated() - base
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), (torch.cuda.max_memory_allocated() - base) if cuda else 0
 
 
 # layout name -> StripPlan options (services/model/ibq/strips.py)
@@ -50,7 +60,7 @@ def bench_ibq(quick: bool = False) -> list[dict]:
             codes = torch.randint(0, 131072, (batch, side // 16, side // 16))
             for op, fn in (("encode", lambda: vision.encode(pixels)),
                            ("decode", lambda: vision.decode(codes))):
-                t, extra = _measure(fn, iters=2 if quick else 5)
+                t, extra = measure(fn, iters=2 if quick else 5)
                 rows.append(dict(op=op, dtype=str(dtype).removeprefix("torch."), batch=batch,
                                  layout=layout,
                                  side=side, ms=t * 1e3, ms_per_image=t * 1e3 / batch,

@@ -8,26 +8,13 @@ from __future__ import annotations
 import argparse
 
 import torch
-from torch.profiler import ProfilerActivity, profile
 
 from services.model.ibq import VisionTokenizer
 from services.model.ibq.model import IBQ
 
 from .bench_ibq import released_config
+from .profile_step import top_kernels
 from .sweep_ibq import VARIANTS, _configure
-
-
-def top(fn, title: str, n: int = 14) -> None:
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    events = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
-    total = sum(e.self_device_time_total for e in events)
-    print(f"\n## {title}: {total / 1e3:.1f} ms of kernels")
-    for e in sorted(events, key=lambda e: -e.self_device_time_total)[:n]:
-        print(f"{e.self_device_time_total / 1e3:8.2f} ms {e.count:5d}x  {e.key[:90]}")
 
 
 @torch.inference_mode()
@@ -43,8 +30,8 @@ def main(argv=None) -> None:
         options, screened, bench = VARIANTS[name]
         _configure(vision.model, options, screened, bench)
         vision.model.striped = True
-        top(lambda: vision.encode(pixels), f"{name} encode")
-        top(lambda: vision.decode(codes), f"{name} decode")
+        top_kernels(lambda: vision.encode(pixels), f"{name} encode")
+        top_kernels(lambda: vision.decode(codes), f"{name} decode")
 
 
 if __name__ == "__main__":

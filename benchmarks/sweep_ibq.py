@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import time
 
 import torch
 
@@ -22,7 +20,7 @@ from services.model.ibq import VisionTokenizer
 from services.model.ibq.model import IBQ
 from services.model.ibq.quantize import quantize_argmax, quantize_screened
 
-from .bench_ibq import released_config
+from .bench_ibq import measure, released_config
 from .common import Ceilings, measure_ceilings
 from .ibq_floor import decode_flops, encode_flops
 
@@ -51,22 +49,9 @@ def _configure(model: IBQ, options: dict, screened: bool, bench: bool) -> None:
 
 
 def _measure(fn, iters: int) -> tuple[float, float]:
-    """(median seconds, extra peak GiB; 0 off CUDA) after one warm-up call."""
-    cuda = torch.cuda.is_available()
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    fn()
-    sync()
-    if cuda:
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    extra = (torch.cuda.max_memory_allocated() - base) / 2**30 if cuda else 0.0
-    return statistics.median(times), extra
+    """(median seconds, extra peak GiB) after one warm-up call."""
+    t, extra = measure(fn, iters)
+    return t, extra / 2**30
 
 
 def _max_diff(got: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:

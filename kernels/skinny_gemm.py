@@ -127,10 +127,11 @@ def skinny_gemm(x: torch.Tensor, w: torch.Tensor, *, block_n: int | None = None,
     block_m = max(16, triton.next_power_of_2(m))
     k_per_split = triton.cdiv(triton.cdiv(k, split_k), block_k) * block_k
     even_k = k % (split_k * block_k) == 0 and k_per_split * split_k == k
-    part = torch.empty(split_k, m, n, dtype=torch.float32, device=x.device) if split_k > 1 else None
-    out = part if defer_split_sum and part is not None else torch.empty(m, n, dtype=x.dtype,
-                                                                        device=x.device)
-    part = out if part is None else part
+    if split_k > 1:
+        part = torch.empty(split_k, m, n, dtype=torch.float32, device=x.device)
+        out = part if defer_split_sum else torch.empty(m, n, dtype=x.dtype, device=x.device)
+    else:
+        out = part = torch.empty(m, n, dtype=x.dtype, device=x.device)
     grid = (triton.cdiv(n, block_n), split_k)
     launch_fitting(_skinny_kernel, grid, ("gemm", block_m, block_n, block_k, x.dtype, num_stages),
                    num_stages, x, w, out, part, m, n, k, k_per_split,

@@ -365,7 +365,7 @@ class Engine:
             prompt_tokens=len(req.cond_ids), uncond_prompt_tokens=len(req.uncond_ids),
             cached_prompt_tokens=group.cached_prompt_tokens, generated_tokens=len(group.output),
             images=group.grammar.images_done, preemptions=group.num_preemptions,
-            queue_s=(live.scheduled_at or group.arrival + total_s) - group.arrival,
+            queue_s=total_s if live.scheduled_at is None else live.scheduled_at - group.arrival,
             first_token_s=None if group.first_token_at is None else group.first_token_at - group.arrival,
             total_s=total_s)
         events.append(Finished(group.request_id, reason, usage, tuple(group.output),
