@@ -31,6 +31,16 @@ def _tile_sizes(positions: int, codes: int, max_chunk_bytes: int,
     return pos_tile, code_tile
 
 
+def _flat_latents(z: torch.Tensor, codebook: torch.Tensor, caller: str) -> torch.Tensor:
+    """Latents z [B, D, h, w] as fp32 rows [B*h*w, D], after checking them against codebook."""
+    if z.dim() != 4 or codebook.dim() != 2 or z.shape[1] != codebook.shape[1]:
+        raise ValueError(
+            f"{caller} expects z [B, D, h, w] and codebook [N, D], "
+            f"got {tuple(z.shape)} and {tuple(codebook.shape)}"
+        )
+    return z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]).float()
+
+
 def quantize_argmax(
     z: torch.Tensor, codebook: torch.Tensor, max_chunk_bytes: int = DEFAULT_CHUNK_BYTES
 ) -> torch.Tensor:
@@ -46,14 +56,8 @@ def quantize_argmax(
         ``argmax`` over the full logits. Logits are computed in fp32 whatever the input
         dtype, so a bf16 model picks the codes an fp32 product of its values would.
     """
-    if z.dim() != 4 or codebook.dim() != 2 or z.shape[1] != codebook.shape[1]:
-        raise ValueError(
-            f"quantize_argmax expects z [B, D, h, w] and codebook [N, D], "
-            f"got {tuple(z.shape)} and {tuple(codebook.shape)}"
-        )
-    b, d, h, w = z.shape
-    flat = z.permute(0, 2, 3, 1).reshape(-1, d).float()  # [P, D], P = B*h*w
-    positions, codes = flat.shape[0], codebook.shape[0]
+    flat = _flat_latents(z, codebook, "quantize_argmax")
+    (b, d, h, w), positions, codes = z.shape, flat.shape[0], codebook.shape[0]
     pos_tile, code_tile = _tile_sizes(positions, codes, max_chunk_bytes)
     best_idx = torch.empty(positions, dtype=torch.long, device=z.device)
     for p0 in range(0, positions, pos_tile):
@@ -135,14 +139,8 @@ def quantize_screened(z: torch.Tensor, codebook: torch.Tensor,
     argmax: equal to :func:`quantize_argmax` except where two exact scores differ only by fp32
     summation order. No top-k: the passes are a GEMM plus a max, and a GEMM plus a compare.
     """
-    if z.dim() != 4 or codebook.dim() != 2 or z.shape[1] != codebook.shape[1]:
-        raise ValueError(
-            f"quantize_screened expects z [B, D, h, w] and codebook [N, D], "
-            f"got {tuple(z.shape)} and {tuple(codebook.shape)}"
-        )
-    b, d, h, w = z.shape
-    flat = z.permute(0, 2, 3, 1).reshape(-1, d).float()  # [P, D]
-    positions, codes = flat.shape[0], codebook.shape[0]
+    flat = _flat_latents(z, codebook, "quantize_screened")
+    (b, d, h, w), positions, codes = z.shape, flat.shape[0], codebook.shape[0]
     # a bf16 score and its bool window flag per element of a tile
     pos_tile, code_tile = _tile_sizes(positions, codes, max_chunk_bytes, elem_bytes=3)
     piece = max(1, max_chunk_bytes // (2 * d * _FP32_BYTES))  # rescored pairs at a time
