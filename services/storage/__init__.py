@@ -2,17 +2,18 @@
 
 ``make_store(StorageSettings())`` builds the configured ResultStore; the S3 backend (boto3) is
 imported only when chosen. Keys come from ``ResultStore.request_layout``; the manifest is
-written last with ``ResultStore.write_manifest``.
+written last with ``ResultStore.write_manifest``. Async callers use the ``a``-prefixed methods
+(``aput``, ``aget``, ...), which run the blocking call in a worker thread.
 """
 from __future__ import annotations
 
 from services.storage.base import ResultStore
-from services.storage.layout import RequestLayout, validate_key, validate_name
+from services.storage.layout import BatchLayout, RequestLayout, validate_key, validate_name
 from services.storage.local import LocalResultStore
-from services.storage.records import ObjectNotFound, ResultRef, StorageError
+from services.storage.records import AlreadyExists, ObjectNotFound, ResultRef, StorageError
 from services.storage.settings import StorageSettings
 
-__all__ = ["LocalResultStore", "ObjectNotFound", "RequestLayout", "ResultRef", "ResultStore",
+__all__ = ["AlreadyExists", "BatchLayout", "LocalResultStore", "ObjectNotFound", "RequestLayout", "ResultRef", "ResultStore",
            "StorageError", "StorageSettings", "make_store", "validate_key", "validate_name"]
 
 

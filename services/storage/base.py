@@ -2,15 +2,20 @@
 
 Writes are idempotent: keys are deterministic (RequestLayout), and putting a key again
 replaces the object atomically, so a retried job item rewrites the same objects instead of
-adding new ones. Every object carries the hex SHA-256 of its bytes, computed here, stored as
-object metadata and checked again on every ``get``.
+adding new ones. A create-only put (``create=True``) never replaces: it raises AlreadyExists
+when another object is there (local files: an exclusive link; S3: a conditional PUT,
+``If-None-Match: *``), which is how a request claims its request_id. Every object carries the
+hex SHA-256 of its bytes, computed here, stored as object metadata and checked again on every
+``get``.
 
 Backends implement the underscored primitives; the public methods validate their arguments
 (ValueError naming the field) and are the same for every backend. Methods are blocking and
-thread-safe; async callers run them in a thread (``asyncio.to_thread``).
+thread-safe; the ``a``-prefixed twins (``aput``, ``aget``, ...) run them in a worker thread so
+that an event loop keeps serving other requests while one store call waits on the disk or S3.
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
@@ -18,7 +23,8 @@ from abc import ABC, abstractmethod
 from typing import Any
 
 from services.storage.layout import RequestLayout, validate_key
-from services.storage.records import ObjectMeta, ObjectNotFound, ResultRef, StorageError
+from services.storage.records import (AlreadyExists, ObjectMeta, ObjectNotFound, ResultRef,
+                                      StorageError)
 
 MAX_EXPIRY_S = 7 * 24 * 3600  # SigV4 presigned URLs cannot live longer
 MANIFEST_VERSION = 1
@@ -35,9 +41,12 @@ class ResultStore(ABC):
     # ---- public API -----------------------------------------------------------------------
 
     def put(self, key: str, data: bytes, content_type: str, width: int = 0,
-            height: int = 0) -> ResultRef:
+            height: int = 0, *, create: bool = False) -> ResultRef:
         """Store ``data`` under ``key`` (replacing any object there, atomically) and return
-        its ref. ``width``/``height`` are pixels for images, 0 otherwise."""
+        its ref. ``width``/``height`` are pixels for images, 0 otherwise.
+
+        ``create=True``: only if no object is there, else AlreadyExists. A create that finds
+        its own bytes already stored (a retry after a lost answer) succeeds."""
         validate_key(key)
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"data: must be bytes, got {type(data).__name__}")
@@ -47,7 +56,14 @@ class ResultStore(ABC):
         meta = ObjectMeta(sha256=hashlib.sha256(data).hexdigest(), size=len(data),
                           content_type=content_type, width=_dimension(width, "width"),
                           height=_dimension(height, "height"))
-        self._write(key, data, meta)
+        if not create:
+            self._write(key, data, meta)
+        else:
+            try:
+                self._write_new(key, data, meta)
+            except AlreadyExists:
+                if not self._holds(key, meta.sha256):
+                    raise
         return self._ref(key, meta)
 
     def get(self, key: str) -> bytes:
@@ -92,7 +108,7 @@ class ResultStore(ABC):
         return RequestLayout(tenant=tenant, request_id=request_id)
 
     def write_manifest(self, request_id: str, manifest: dict[str, Any],
-                       tenant: str = "default") -> ResultRef:
+                       tenant: str = "default", *, create: bool = False) -> ResultRef:
         """Write the request's JSON manifest. MUST be called last, after every object of the
         request is stored: the manifest is the commit marker (readers treat a request as
         complete once its manifest exists) and it records the refs of everything else.
@@ -100,12 +116,15 @@ class ResultStore(ABC):
         ``manifest`` is any JSON-ready dict; ResultRef values anywhere in it are written as
         dicts without their presigned URL (the manifest outlives it: call ``url_for``). Each
         such ref must point at an object of this store that is stored with the same sha256,
-        else StorageError: that catches a manifest written before its objects.
+        else StorageError: that catches a manifest written before its objects. The header
+        fields ``manifest_version``, ``tenant`` and ``request_id`` are added (docs/manifest.md).
+        ``create=True``: AlreadyExists if the request has a manifest already.
         """
         layout = self.request_layout(request_id, tenant)
         if not isinstance(manifest, dict):
             raise TypeError(f"manifest: must be a dict, got {type(manifest).__name__}")
-        header = {"version": MANIFEST_VERSION, "tenant": tenant, "request_id": request_id}
+        header = {"manifest_version": MANIFEST_VERSION, "tenant": tenant,
+                  "request_id": request_id}
         for name, value in header.items():
             if name in manifest and manifest[name] != value:
                 raise ValueError(f"manifest: {name!r} is {manifest[name]!r}, expected {value!r}")
@@ -116,11 +135,32 @@ class ResultStore(ABC):
                               indent=1)
         except (TypeError, ValueError) as e:
             raise ValueError(f"manifest: not JSON-serialisable: {e}") from None
-        return self.put(layout.manifest, body.encode(), "application/json")
+        return self.put(layout.manifest, body.encode(), "application/json", create=create)
 
     def read_manifest(self, request_id: str, tenant: str = "default") -> dict[str, Any]:
         """The manifest as written (refs as dicts: ``ResultRef.from_dict`` rebuilds them)."""
         return json.loads(self.get(self.request_layout(request_id, tenant).manifest))
+
+    # ---- async twins: the blocking call in a worker thread ------------------------------------
+
+    async def aput(self, key: str, data: bytes, content_type: str, width: int = 0,
+                   height: int = 0, *, create: bool = False) -> ResultRef:
+        return await asyncio.to_thread(self.put, key, data, content_type, width, height,
+                                       create=create)
+
+    async def aget(self, key: str) -> bytes:
+        return await asyncio.to_thread(self.get, key)
+
+    async def aexists(self, key: str) -> bool:
+        return await asyncio.to_thread(self.exists, key)
+
+    async def adelete_prefix(self, prefix: str) -> int:
+        return await asyncio.to_thread(self.delete_prefix, prefix)
+
+    async def awrite_manifest(self, request_id: str, manifest: dict[str, Any],
+                              tenant: str = "default", *, create: bool = False) -> ResultRef:
+        return await asyncio.to_thread(self.write_manifest, request_id, manifest, tenant,
+                                       create=create)
 
     # ---- backend primitives -----------------------------------------------------------------
 
@@ -136,6 +176,11 @@ class ResultStore(ABC):
     def _write(self, key: str, data: bytes, meta: ObjectMeta) -> None:
         """Store bytes and metadata; a reader sees the old object or the new one, never a
         partial one."""
+
+    @abstractmethod
+    def _write_new(self, key: str, data: bytes, meta: ObjectMeta) -> None:
+        """Like ``_write``, but only if no object is stored under ``key``, decided atomically
+        (two concurrent creators: one wins, the other gets AlreadyExists)."""
 
     @abstractmethod
     def _read(self, key: str) -> tuple[bytes, ObjectMeta]:
@@ -159,6 +204,12 @@ class ResultStore(ABC):
         return ResultRef(uri=self.uri(key), presigned_url=self._presign(key, self.presign_expiry_s),
                          sha256=meta.sha256, bytes=meta.size, width=meta.width,
                          height=meta.height, content_type=meta.content_type)
+
+    def _holds(self, key: str, sha256: str) -> bool:
+        try:
+            return self._stat(key).sha256 == sha256
+        except ObjectNotFound:
+            return False
 
     def _check_stored(self, ref: ResultRef) -> None:
         try:

@@ -71,3 +71,32 @@ class RequestLayout:
     def manifest(self) -> str:
         """Key of the JSON manifest, written last (ResultStore.write_manifest)."""
         return f"{self.root}/manifest.json"
+
+    @property
+    def claim(self) -> str:
+        """Key of the claim: written create-only when the request starts, so a request_id is
+        used once per tenant (a second claim raises AlreadyExists)."""
+        return f"{self.root}/claim.json"
+
+
+@dataclass(frozen=True)
+class BatchLayout:
+    """Where one prompt of an ``emu35 generate`` batch goes: flat folders shared by the batch,
+    ``images/{name}_{i:02d}.png`` and ``proto/{name}.pb``; the batch has one manifest,
+    ``manifest.json``. ``tenant`` and ``request_id`` are what the manifest records."""
+
+    request_id: str  # the prompt's name
+    tenant: str = "local"
+
+    def __post_init__(self) -> None:
+        validate_name(self.tenant, "tenant")
+        validate_name(self.request_id, "name")
+
+    def image(self, index: int) -> str:
+        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+            raise ValueError(f"index: must be an integer >= 0, got {index!r}")
+        return f"images/{self.request_id}_{index:02d}.png"
+
+    @property
+    def story(self) -> str:
+        return f"proto/{self.request_id}.pb"

@@ -8,6 +8,9 @@ the temporary files can collide with a key.
 Each file is written to a temporary name in its folder and moved into place with os.replace
 (atomic on POSIX). The sidecar is moved last, and an object exists only once its sidecar does:
 a writer that dies halfway leaves no visible object, and a retry replaces the leftovers.
+A create-only write links its bytes into place with os.link, which fails if the name exists
+(O_EXCL semantics, also on NFS): of two creators one wins; bytes left by a creator that died
+before its sidecar keep the key taken until ``delete_prefix`` clears it.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import uuid
 from pathlib import Path
 
 from services.storage.base import ResultStore
-from services.storage.records import ObjectMeta, ObjectNotFound, StorageError
+from services.storage.records import AlreadyExists, ObjectMeta, ObjectNotFound, StorageError
 
 _META_DIR = ".meta"
 
@@ -53,13 +56,23 @@ class LocalResultStore(ResultStore):
         return self.root / _META_DIR / f"{key}.json"
 
     def _write(self, key: str, data: bytes, meta: ObjectMeta) -> None:
-        sidecar = json.dumps({"sha256": meta.sha256, "size": meta.size,
-                              "content_type": meta.content_type, "width": meta.width,
-                              "height": meta.height}).encode()
         try:
             _atomic_write(self.path_for(key), data)
-            _atomic_write(self._meta_path(key), sidecar)
+            _atomic_write(self._meta_path(key), _sidecar(meta))
         except OSError as e:
+            raise StorageError(f"{key}: write failed: {e}") from None
+
+    def _write_new(self, key: str, data: bytes, meta: ObjectMeta) -> None:
+        try:
+            _atomic_write(self.path_for(key), data, exclusive=True)
+        except FileExistsError:
+            raise AlreadyExists(key) from None
+        except OSError as e:
+            raise StorageError(f"{key}: write failed: {e}") from None
+        try:
+            _atomic_write(self._meta_path(key), _sidecar(meta))
+        except OSError as e:
+            _unlink(self.path_for(key))  # free the key again: nothing visible was made
             raise StorageError(f"{key}: write failed: {e}") from None
 
     def _read(self, key: str) -> tuple[bytes, ObjectMeta]:
@@ -103,7 +116,15 @@ class LocalResultStore(ResultStore):
             raise StorageError(f"{prefix}: delete failed: {e}") from None
         return count
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def _sidecar(meta: ObjectMeta) -> bytes:
+    return json.dumps({"sha256": meta.sha256, "size": meta.size,
+                       "content_type": meta.content_type, "width": meta.width,
+                       "height": meta.height}).encode()
+
+
+def _atomic_write(path: Path, data: bytes, exclusive: bool = False) -> None:
+    """Write a temporary file, then move it into place; ``exclusive``: link it instead, which
+    raises FileExistsError if ``path`` exists."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
     try:
@@ -111,10 +132,12 @@ def _atomic_write(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        if exclusive:
+            os.link(tmp, path)
+        else:
+            os.replace(tmp, path)
+    finally:
         _unlink(tmp)
-        raise
 
 
 def _unlink(path: Path) -> None:

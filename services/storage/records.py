@@ -14,6 +14,10 @@ class ObjectNotFound(StorageError):
     """No object is stored under the key."""
 
 
+class AlreadyExists(StorageError):
+    """A create-only write found an object (or a creation under way) at its key."""
+
+
 @dataclass(frozen=True)
 class ObjectMeta:
     """What a backend stores next to an object's bytes (S3 object metadata, a local sidecar)."""

@@ -6,6 +6,11 @@ atomically on S3, so an overwrite is never seen half-done. Objects at or above
 ``multipart_threshold`` bytes go up as a multipart upload (boto3's transfer manager); smaller
 ones in one PUT. Transient errors (throttling, 5xx, dropped connections) are retried by
 botocore's "standard" retry mode, up to ``max_attempts`` tries per call.
+
+A create-only write is one conditional PUT (``If-None-Match: *``): the server refuses it with
+412 when the key exists, atomically (AWS S3 since 2024-08, MinIO, SeaweedFS; a server that
+ignores the header would overwrite). Create-only objects (claims, manifests) are small, so
+they never take the multipart path.
 """
 from __future__ import annotations
 
@@ -20,11 +25,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from services.storage.base import ResultStore, validate_expiry
 from services.storage.layout import MAX_KEY_LEN, validate_key
-from services.storage.records import ObjectMeta, ObjectNotFound, StorageError
+from services.storage.records import AlreadyExists, ObjectMeta, ObjectNotFound, StorageError
 
 MiB = 1024 * 1024
 MIN_PART_BYTES = 5 * MiB  # S3's smallest part (all but the last)
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
+# 412: the key exists; 409: another conditional write to the key is in flight
+_EXISTS = {"412", "PreconditionFailed", "409", "ConditionalRequestConflict"}
 _DELETE_BATCH = 1000  # DeleteObjects' limit
 
 
@@ -103,6 +110,12 @@ class S3ResultStore(ResultStore):
                 self.client.put_object(Bucket=self.bucket, Key=self.object_key(key), Body=data,
                                        **extra)
 
+    def _write_new(self, key: str, data: bytes, meta: ObjectMeta) -> None:
+        with self._errors(key):
+            self.client.put_object(Bucket=self.bucket, Key=self.object_key(key), Body=data,
+                                   ContentType=meta.content_type,
+                                   Metadata=_to_s3_metadata(meta), IfNoneMatch="*")
+
     def _read(self, key: str) -> tuple[bytes, ObjectMeta]:
         with self._errors(key):
             resp = self.client.get_object(Bucket=self.bucket, Key=self.object_key(key))
@@ -178,6 +191,8 @@ def _s3_errors(store: S3ResultStore, key: str) -> Iterator[None]:
         code = str(e.response.get("Error", {}).get("Code", ""))
         if code in _NOT_FOUND:
             raise ObjectNotFound(key) from None
+        if code in _EXISTS:
+            raise AlreadyExists(key) from None
         if code == "NoSuchBucket":
             raise StorageError(f"bucket: {store.bucket!r} does not exist") from None
         raise StorageError(f"{store.uri(key) if key else store.bucket}: {e}") from None

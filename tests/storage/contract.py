@@ -2,12 +2,14 @@
 provides a ``store`` fixture (a fresh, empty store per test)."""
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import threading
 
 import pytest
 
-from services.storage import ObjectNotFound, ResultRef, StorageError
+from services.storage import AlreadyExists, ObjectNotFound, ResultRef, StorageError
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4  # not a real image: bytes are bytes here
 
@@ -126,7 +128,7 @@ class StoreContract:
         assert mref.content_type == "application/json"
         manifest = json.loads(store.get(layout.manifest))
         assert manifest == store.read_manifest("req-1", tenant="acme")
-        assert (manifest["version"], manifest["tenant"], manifest["request_id"],
+        assert (manifest["manifest_version"], manifest["tenant"], manifest["request_id"],
                 manifest["prompt"]) == (1, "acme", "req-1", "a cat")
         images = [ResultRef.from_dict(d) for d in manifest["images"]]
         assert [(r.uri, r.sha256, r.width, r.height) for r in images] == \
@@ -175,3 +177,70 @@ class StoreContract:
         assert store.delete_prefix("default/req-1x") == 1  # an object's own key
         assert not store.exists("default/req-1x")
         assert store.delete_prefix("default/req-404") == 0
+
+    # ---- create-only writes: a request_id is claimed once ----------------------------------
+
+    def test_create_only_refuses_an_existing_object_and_keeps_it(self, store):
+        layout = store.request_layout("req-1", tenant="acme")
+        first = store.put(layout.claim, b"claim-1", "application/json", create=True)
+        with pytest.raises(AlreadyExists):
+            store.put(layout.claim, b"claim-2", "application/json", create=True)
+        assert store.get(layout.claim) == b"claim-1"
+        assert store.ref_for(layout.claim).sha256 == first.sha256
+        assert issubclass(AlreadyExists, StorageError)
+
+    def test_create_only_of_the_same_bytes_is_a_retry(self, store):
+        """A create whose answer was lost is retried with the same bytes: that succeeds."""
+        a = store.put("t/r/claim.json", b"same", "application/json", create=True)
+        b = store.put("t/r/claim.json", b"same", "application/json", create=True)
+        assert a.sha256 == b.sha256
+
+    def test_create_only_over_a_plain_object_and_after_delete(self, store):
+        store.put("t/r/manifest.json", b"old", "application/json")
+        with pytest.raises(AlreadyExists):
+            store.put("t/r/manifest.json", b"new", "application/json", create=True)
+        store.delete_prefix("t/r")  # deleting the request frees its keys
+        store.put("t/r/manifest.json", b"new", "application/json", create=True)
+        assert store.get("t/r/manifest.json") == b"new"
+
+    def test_concurrent_creators_one_wins(self, store):
+        results, start = [], threading.Barrier(8)
+
+        def create(i):
+            start.wait()
+            try:
+                store.put("t/race/claim.json", f"claim-{i}".encode(), "application/json",
+                          create=True)
+                results.append(i)
+            except AlreadyExists:
+                results.append("exists")
+
+        threads = [threading.Thread(target=create, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        winners = [r for r in results if r != "exists"]
+        assert len(results) == 8 and len(winners) == 1
+        assert store.get("t/race/claim.json") == f"claim-{winners[0]}".encode()
+
+    def test_manifest_create_only(self, store):
+        _, refs = store_request(store, "req-1")
+        store.write_manifest("req-1", {"state": "complete", **refs}, create=True)
+        with pytest.raises(AlreadyExists):
+            store.write_manifest("req-1", {"state": "cancelled", **refs}, create=True)
+        assert store.read_manifest("req-1")["state"] == "complete"
+
+    def test_async_twins(self, store):
+        async def main():
+            ref = await store.aput("t/r/a.bin", b"abc", "text/plain", create=True)
+            assert await store.aexists("t/r/a.bin") and await store.aget("t/r/a.bin") == b"abc"
+            with pytest.raises(AlreadyExists):
+                await store.aput("t/r/a.bin", b"abd", "text/plain", create=True)
+            layout, refs = store_request(store, "req-a")
+            m = await store.awrite_manifest("req-a", refs, create=True)
+            assert m.uri == store.uri(layout.manifest)
+            assert await store.adelete_prefix("t/r") == 1
+            return ref
+
+        assert asyncio.run(main()).bytes == 3

@@ -12,6 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from services.storage import (
+    AlreadyExists,
     LocalResultStore,
     StorageError,
     StorageSettings,
@@ -71,6 +72,38 @@ def test_bytes_without_sidecar_do_not_exist(store):
     assert not store.exists("t/r/images/00.png")
     store.put("t/r/images/00.png", PNG, "image/png")  # the retry
     assert store.exists("t/r/images/00.png")
+
+
+def test_create_only_keeps_a_half_created_key_taken(store):
+    """Bytes without a sidecar may be a creator at work: a second create must not take the
+    key (it would swap the bytes under the first one's sidecar); delete_prefix frees it."""
+    path = store.path_for("t/r/claim.json")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"creator-1")
+    assert not store.exists("t/r/claim.json")
+    with pytest.raises(AlreadyExists):
+        store.put("t/r/claim.json", b"creator-2", "application/json", create=True)
+    assert path.read_bytes() == b"creator-1"
+    store.delete_prefix("t/r")
+    store.put("t/r/claim.json", b"creator-2", "application/json", create=True)
+    assert store.get("t/r/claim.json") == b"creator-2"
+
+
+def test_create_only_failing_sidecar_frees_the_key(store, monkeypatch):
+    real = os.replace
+
+    def broken_replace(src, dst):
+        if ".meta" in str(dst):
+            raise OSError("disk full")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(StorageError, match="disk full"):
+        store.put("t/r/claim.json", b"x", "application/json", create=True)
+    monkeypatch.undo()
+    assert not store.path_for("t/r/claim.json").exists()
+    assert [p for p in store.root.rglob("*") if p.name.endswith(".tmp")] == []
+    store.put("t/r/claim.json", b"x", "application/json", create=True)
 
 
 def test_corrupted_bytes_are_detected(store):
