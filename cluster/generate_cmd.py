@@ -85,18 +85,18 @@ def run(args) -> None:
     vision = VisionTokenizer.from_dir(args.vision_tokenizer, device=device)
     sched = SchedulerConfig(num_blocks=args.num_blocks or _default_blocks(model, items))
     engine = Engine(model, tok, EngineConfig(sched))
-    refs = {}
+    refs, requests = {}, {}
     for item in items:
         req, ref_pngs = _request(item, tok, vision, _open_image)
-        refs[item.name] = [PngImage(b) for b in ref_pngs]
+        refs[item.name], requests[item.name] = [PngImage(b) for b in ref_pngs], req
         try:
             engine.add_request(req)
         except RequestError as e:
             raise UsageError(f"prompt {item.name}: {e}") from None
-    out = Path(args.out)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    (out / "proto").mkdir(parents=True, exist_ok=True)
+    from services.storage import LocalResultStore
+    store = LocalResultStore(args.out)
     results, progress, start = {}, Progress(len(items)), time.monotonic()
+    accepted = time.time()
     by_name = {i.name: i for i in items}
     from services.engine.events import Finished
     while engine.has_work():
@@ -104,9 +104,10 @@ def run(args) -> None:
             progress.update(event)
             if isinstance(event, Finished):
                 item = by_name[event.request_id]
-                results[item.name] = write_result(out, item, event, tok, vision, refs[item.name])
+                results[item.name] = write_result(store, item, event, requests[item.name], tok,
+                                                  vision, refs[item.name], accepted)
         progress.draw()
-    path = write_manifest(out, [results[n] for n in names],
+    path = write_manifest(store, [results[n] for n in names],
                           {"model": str(args.model), "vision_tokenizer": str(args.vision_tokenizer),
                            "device": str(device), "seconds": time.monotonic() - start})
     print(path)

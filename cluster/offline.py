@@ -1,18 +1,20 @@
 """Offline generation (``emu35 generate``): many prompts run as one continuous batch through
 the engine; results are PNGs, the reference-compatible Story protobuf per prompt and a JSON
-manifest written last.
+manifest written last, all through the served path's writer (services.rpc.results) over a
+local ResultStore rooted at OUT.
 
 Layout of OUT:  images/{name}_{i:02d}.png   proto/{name}.pb   manifest.json
+                (.meta/: the store's checksums of each file)
 """
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from services.rpc.results import png_bytes  # noqa: F401  (re-exported for generate_cmd)
 
 PROMPT_KEYS = {"name", "task", "prompt", "images", "aspect", "size", "seed", "cfg", "max_new_tokens"}
 
@@ -32,6 +34,8 @@ class PromptItem:
 def load_prompt_file(path: str, defaults: dict) -> list[PromptItem]:
     """JSON list or JSON Lines of objects (keys: PROMPT_KEYS; "prompt" required) or of strings.
     Errors name the line/entry and field."""
+    from services.storage import validate_name
+
     from .cli import UsageError
 
     try:
@@ -54,6 +58,10 @@ def load_prompt_file(path: str, defaults: dict) -> list[PromptItem]:
         if "aspect" in entry:
             entry["size"] = entry.pop("aspect")
         merged = {**defaults, "name": f"{i:03d}", **entry}
+        try:
+            validate_name(merged["name"], "name")  # it names files: images/{name}_00.png
+        except ValueError as e:
+            raise UsageError(f"--prompts: entry {i}: {e}") from None
         items.append(PromptItem(**merged))
     if not items:
         raise UsageError(f"--prompts: {path} has no prompts")
@@ -91,48 +99,22 @@ class Progress:
         self.stream.flush()
 
 
-def png_bytes(image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
+def write_result(store, item: PromptItem, finished, request, tok, vision, reference_pngs,
+                 started: float | None = None) -> dict:
+    """PNGs and the Story .pb of one finished request; returns its manifest record (schema:
+    docs/manifest.md)."""
+    from services.rpc.results import RequestSummary, ResultWriter
+    from services.storage import BatchLayout
+
+    writer = ResultWriter(store, BatchLayout(item.name), RequestSummary.of(request, item.prompt),
+                          started)
+    return writer.finish(tok, finished, reference_pngs,
+                         render=lambda codes: png_bytes(vision.decode_to_pil(codes)))
 
 
-def _file_record(path: Path, root: Path, data: bytes, **extra) -> dict:
-    return {"path": str(path.relative_to(root)), "sha256": hashlib.sha256(data).hexdigest(),
-            "bytes": len(data), **extra}
-
-
-def write_result(out: Path, item: PromptItem, finished, tok, vision, reference_pngs) -> dict:
-    """PNGs and the Story .pb of one finished request; returns its manifest entry."""
-    from services.model.response import (BrokenImage, ImageEntry, IncompleteImage, PngImage,
-                                         TextEntry, split_response)
-    from services.rpc.story import build_story
-
-    entries = split_response(tok, finished.token_ids)
-    images, items = [], []
-    for entry in entries:
-        if isinstance(entry, ImageEntry):
-            data = png_bytes(vision.decode_to_pil(entry.codes))
-            path = out / "images" / f"{item.name}_{len(images):02d}.png"
-            path.write_bytes(data)
-            png = PngImage(data)
-            images.append(_file_record(path, out, data, width=png.width, height=png.height))
-            items.append(png)
-        elif not isinstance(entry, (BrokenImage, IncompleteImage)):
-            items.append(entry)
-    story = build_story(item.prompt, reference_pngs, items).SerializeToString()
-    pb_path = out / "proto" / f"{item.name}.pb"
-    pb_path.write_bytes(story)
-    text = "".join(e.text for e in entries if isinstance(e, TextEntry))
-    return {**asdict(item), "finish_reason": finished.reason, "text": text, "images": images,
-            "story": _file_record(pb_path, out, story), "usage": asdict(finished.usage),
-            "incomplete_image": finished.incomplete_image,
-            "broken_images": sum(isinstance(e, BrokenImage) for e in entries)}
-
-
-def write_manifest(out: Path, results: list[dict], meta: dict) -> Path:
-    path = out / "manifest.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({**meta, "results": results}, indent=2) + "\n")
-    tmp.replace(path)  # written last and atomically: its presence means the run completed
-    return path
+def write_manifest(store, results: list[dict], meta: dict) -> Path:
+    """The batch manifest, ``OUT/manifest.json``: written last (its presence means the run
+    completed), ``results`` in prompt order."""
+    body = store.encode_manifest({"manifest_version": 1, **meta, "results": results})
+    store.put("manifest.json", body, "application/json")
+    return store.path_for("manifest.json")

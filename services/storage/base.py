@@ -62,7 +62,7 @@ class ResultStore(ABC):
             try:
                 self._write_new(key, data, meta)
             except AlreadyExists:
-                if not self._holds(key, meta.sha256):
+                if not self._stored_with(key, meta.sha256):
                     raise
         return self._ref(key, meta)
 
@@ -128,14 +128,27 @@ class ResultStore(ABC):
         for name, value in header.items():
             if name in manifest and manifest[name] != value:
                 raise ValueError(f"manifest: {name!r} is {manifest[name]!r}, expected {value!r}")
+        body = self.encode_manifest({**manifest, **header})
+        return self.put(layout.manifest, body, "application/json", create=create)
+
+    def encode_manifest(self, manifest: dict[str, Any]) -> bytes:
+        """A manifest's JSON bytes (sorted keys). Each ResultRef in it must be stored with its
+        sha256 (else StorageError) and is written as a dict with its store ``key`` and without
+        the presigned URL."""
+        if not isinstance(manifest, dict):
+            raise TypeError(f"manifest: must be a dict, got {type(manifest).__name__}")
         for ref in _refs_in(manifest):
             self._check_stored(ref)
+
+        def as_json(value: Any) -> Any:
+            if isinstance(value, ResultRef):
+                return {"key": self.key_for_uri(value.uri), **value.to_dict(with_url=False)}
+            raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
         try:
-            body = json.dumps({**manifest, **header}, default=_manifest_json, sort_keys=True,
-                              indent=1)
+            return json.dumps(manifest, default=as_json, sort_keys=True, indent=1).encode()
         except (TypeError, ValueError) as e:
             raise ValueError(f"manifest: not JSON-serialisable: {e}") from None
-        return self.put(layout.manifest, body.encode(), "application/json", create=create)
 
     def read_manifest(self, request_id: str, tenant: str = "default") -> dict[str, Any]:
         """The manifest as written (refs as dicts: ``ResultRef.from_dict`` rebuilds them)."""
@@ -205,7 +218,7 @@ class ResultStore(ABC):
                          sha256=meta.sha256, bytes=meta.size, width=meta.width,
                          height=meta.height, content_type=meta.content_type)
 
-    def _holds(self, key: str, sha256: str) -> bool:
+    def _stored_with(self, key: str, sha256: str) -> bool:
         try:
             return self._stat(key).sha256 == sha256
         except ObjectNotFound:
@@ -249,9 +262,3 @@ def _refs_in(value: Any) -> list[ResultRef]:
     if isinstance(value, (list, tuple)):
         return [r for v in value for r in _refs_in(v)]
     return []
-
-
-def _manifest_json(value: Any) -> Any:
-    if isinstance(value, ResultRef):
-        return value.to_dict(with_url=False)
-    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")

@@ -36,19 +36,24 @@ def test_batch_writes_pngs_story_and_manifest(tiny, ref_image, tmp_path):
     assert main(["generate", *tiny, "--prompts", str(prompts), "--max-new-tokens", "120",
                  "--out", str(out)]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
-    by_name = {r["name"]: r for r in manifest["results"]}
+    assert manifest["manifest_version"] == 1
+    by_name = {r["request_id"]: r for r in manifest["results"]}
     assert list(by_name) == ["cat", "edit", "tale"]
     for r in manifest["results"]:
+        assert r["manifest_version"] == 1 and r["state"] == "complete"
         assert r["finish_reason"] in ("stop", "length")
-        assert r["usage"]["generated_tokens"] <= 120
-        for img in r["images"]:
-            png = Image.open(out / img["path"])
+        assert r["usage"]["generated_tokens"] <= 120 and "queue_seconds" in r["usage"]
+        for i, img in enumerate(r["images"]):
+            assert img["key"] == f"images/{r['request_id']}_{i:02d}.png"
+            png = Image.open(out / img["key"])
             assert png.size == (img["width"], img["height"])
-        story = story_pb.Story.FromString((out / r["story"]["path"]).read_bytes())
+        assert r["story"]["key"] == f"proto/{r['request_id']}.pb"
+        story = story_pb.Story.FromString((out / r["story"]["key"]).read_bytes())
         assert story.question == r["prompt"]
+    assert by_name["cat"]["seed"] == 1 and by_name["tale"]["seed"] == 7
     cat = by_name["cat"]
     assert all((i["width"], i["height"]) == (64, 48) for i in cat["images"])
-    edit = story_pb.Story.FromString((out / by_name["edit"]["story"]["path"]).read_bytes())
+    edit = story_pb.Story.FromString((out / by_name["edit"]["story"]["key"]).read_bytes())
     assert len(edit.reference_images) == 1
     assert edit.reference_images[0].image.format == story_pb.PNG
 

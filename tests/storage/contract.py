@@ -134,6 +134,8 @@ class StoreContract:
         assert [(r.uri, r.sha256, r.width, r.height) for r in images] == \
                [(r.uri, r.sha256, r.width, r.height) for r in refs["images"]]
         assert "presigned_url" not in manifest["story"]  # it would expire; url_for makes one
+        assert manifest["story"]["key"] == layout.story  # relative to the store: portable
+        assert [d["key"] for d in manifest["images"]] == [layout.image(0), layout.image(1)]
         assert store.get(store.key_for_uri(images[1].uri)) == PNG + bytes([1])
 
     def test_manifest_before_its_objects_is_refused(self, store):
