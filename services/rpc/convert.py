@@ -118,3 +118,28 @@ def engine_load_to_pb(load) -> api_pb2.EngineLoad:
     return api_pb2.EngineLoad(replicas=load.replicas, waiting=load.waiting, running=load.running,
                               kv_blocks_used=load.kv_blocks_used,
                               kv_blocks_total=load.kv_blocks_total, max_waiting=load.max_waiting)
+
+
+# ------------------------------------------- stored results and finishes (gateway)
+def result_ref_from_pb(pb: common_pb2.ResultRef):
+    """emu35.v1.ResultRef -> services.storage ResultRef."""
+    from services.storage.records import ResultRef
+    return ResultRef(uri=pb.uri, presigned_url=pb.presigned_url, sha256=pb.sha256,
+                     bytes=pb.bytes, width=pb.width, height=pb.height,
+                     content_type=pb.content_type)
+
+
+def usage_from_pb(pb: common_pb2.Usage) -> Usage:
+    """Inverse of usage_to_pb (the proto has no preemption count: 0)."""
+    return Usage(prompt_tokens=pb.prompt_tokens, uncond_prompt_tokens=pb.uncond_prompt_tokens,
+                 cached_prompt_tokens=pb.cached_prompt_tokens,
+                 generated_tokens=pb.generated_tokens, images=pb.images, preemptions=0,
+                 queue_s=pb.queue_seconds, first_token_s=pb.first_token_seconds,
+                 total_s=pb.total_seconds)
+
+
+def generator_finished_from_pb(pb: stages_pb2.GeneratorFinished, request_id: str) -> Finished:
+    """The generator stage's last event -> the engine's Finished record."""
+    return Finished(request_id=request_id, reason=REASON_NAMES.get(pb.reason, "error"),
+                    usage=usage_from_pb(pb.usage), token_ids=tuple(pb.token_ids),
+                    incomplete_image=pb.incomplete_image)

@@ -30,6 +30,8 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return exc.code(), exc.details() or exc.code().name
     if isinstance(exc, Unavailable):
         return grpc.StatusCode.UNAVAILABLE, str(exc)
+    if type(exc).__name__ == "AlreadyExists":  # services.storage: a request_id used again
+        return grpc.StatusCode.ALREADY_EXISTS, str(exc)
     if type(exc).__name__ == "ObjectNotFound":
         return grpc.StatusCode.NOT_FOUND, str(exc)
     log.exception("internal error", exc_info=exc)

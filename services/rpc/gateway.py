@@ -6,25 +6,26 @@ Stages are reached through ``StageClients``; tests may pass in-process fakes at 
 """
 from __future__ import annotations
 
-import io
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass
 
-from emu35_proto.v1 import api_pb2, common_pb2, stages_pb2
+from emu35_proto.v1 import api_pb2, stages_pb2
 from services.engine.request import (Guidance, GuidanceMode, RequestError, SamplingParams,
                                      StopRule, default_request)
 from services.model.image_tokens import ImageGrid, image_span_ids
 from services.model.prompting import output_grid_for
-from services.model.response import BrokenImage, ImageEntry, IncompleteImage, PngImage, split_response
+from services.model.response import PngImage
 from services.model.templates import TASK_DEFAULTS, build_prompts
 from services.model.text_tokenizer import TextTokenizer
 
-from .convert import (MODES, REASON_NAMES, codes_from_pb, generator_request_to_pb,
-                      result_ref_to_pb, sampling_from_pb)
-from .errors import InvalidArgument
-from .story import build_story
+from .convert import (MODES, codes_from_pb, generator_finished_from_pb, generator_request_to_pb,
+                      result_ref_from_pb, result_ref_to_pb, sampling_from_pb)
+from .errors import InvalidArgument, status_for
+from .results import RequestSummary, ResultWriter, StreamResults, check_unused, png_bytes
 from .tracing import child_metadata, start_span
 from .validation import CheckedRequest, Limits, check_request, decode_image
 
@@ -57,8 +58,11 @@ class Gateway:
         """The request's events. ``metadata``: the caller's trace context (W3C headers)."""
         span = start_span("gateway.Generate", metadata, task=int(pb.task))
         try:
-            async for event in self._generate(pb, child_metadata(span)):
-                yield event
+            # aclosing: a caller that goes away closes the lifecycle now (its manifest says
+            # so), not whenever the garbage collector finalizes the generator.
+            async with aclosing(self._generate(pb, child_metadata(span))) as events:
+                async for event in events:
+                    yield event
         except Exception as e:
             span.record_exception(e)
             raise
@@ -66,27 +70,24 @@ class Gateway:
             span.end()
 
     async def _generate(self, pb, metadata):
+        started = time.time()
         checked = check_request(pb, self.limits)
         special = self.tok.find_special(checked.prompt)
         if special is not None:
             raise InvalidArgument(f"prompt: contains the special-token string {special!r}; "
                                   "control tokens cannot be sent as text")
         rid = pb.request_id or uuid.uuid4().hex
+        layout = self.store.request_layout(rid, self.tenant)
+        await check_unused(self.store, layout)  # ALREADY_EXISTS before any work
         grids, spans = await self._encode(checked, metadata)
         request = self._generation_request(pb, checked, rid, spans, grids)
-        refs: dict[int, object] = {}
-        start = time.time()
-        async for ev in self.stages.generate(generator_request_to_pb(request), metadata):
-            which = ev.WhichOneof("event")
-            if which == "image_tokens":
-                ref = await self._decode(rid, ev.image_index, ev.image_tokens, metadata)
-                refs[ev.image_index] = ref
-                yield api_pb2.GenerateEvent(request_id=rid, image_ready=api_pb2.ImageReady(
-                    index=ev.image_index, image=ref.pb))
-            elif which == "finished":
-                yield await self._finish(rid, checked, request, ev.finished, refs, start)
-            else:
-                yield api_pb2.GenerateEvent(request_id=rid, **{which: getattr(ev, which)})
+        results = StreamResults(ResultWriter(self.store, layout,
+                                             RequestSummary.of(request, checked.prompt),
+                                             started))
+        await results.claim()  # create-only: a concurrent twin of this request_id loses here
+        async with aclosing(self._stream(results, checked, request, metadata)) as events:
+            async for event in events:
+                yield event
 
     async def _encode(self, checked: CheckedRequest, metadata):
         if not checked.images:
@@ -125,55 +126,56 @@ class Gateway:
             raise InvalidArgument(str(e)) from None
         return request
 
-    async def _decode(self, rid, index, grid, metadata):
-        resp = await self.stages.decode(stages_pb2.DecodeRequest(
-            request_id=rid, tenant=self.tenant, index=index, grid=grid), metadata)
-        return _Ref(resp.image)
+    async def _stream(self, results: StreamResults, checked, request, metadata):
+        """Generation events to the caller; images decoded to storage as they complete; the
+        Story and manifest at the end. However the stream ends (cancelled, failed), a manifest
+        says so and lists the images stored."""
+        rid, state, error = request.request_id, "failed", None
+        stream = self.stages.generate(generator_request_to_pb(request), metadata)
+        try:
+            async for ev in stream:
+                which = ev.WhichOneof("event")
+                if which == "image_tokens":
+                    ref = await self._decode(results, ev.image_index, ev.image_tokens, metadata)
+                    yield api_pb2.GenerateEvent(request_id=rid, image_ready=api_pb2.ImageReady(
+                        index=ev.image_index, image=result_ref_to_pb(ref)))
+                elif which == "finished":
+                    yield await self._finish(results, checked, request, ev.finished)
+                else:
+                    yield api_pb2.GenerateEvent(request_id=rid, **{which: getattr(ev, which)})
+            error = "the generator's stream ended without a finish"
+        except (asyncio.CancelledError, GeneratorExit):
+            state = "cancelled"
+            raise
+        except Exception as e:
+            error = status_for(e)[1]
+            raise
+        finally:
+            try:
+                if hasattr(stream, "aclose"):  # end the generator's call now, freeing its KV
+                    await stream.aclose()
+            finally:
+                if not results.writer.committed:
+                    await results.close(state, error)
 
-    async def _finish(self, rid, checked, request, fin, refs, start) -> api_pb2.GenerateEvent:
-        entries = split_response(self.tok, list(fin.token_ids))
-        items, k = [], 0
-        for e in entries:
-            if isinstance(e, ImageEntry):
-                items.append(PngImage(self.store.get(self.store.key_for_uri(refs[k].uri))))
-                k += 1
-            elif not isinstance(e, (BrokenImage, IncompleteImage)):
-                items.append(e)
-        refs_pb = [PngImage(png_of(decode_image(d))) for d in checked.images]
-        story = build_story(checked.prompt, refs_pb, items).SerializeToString()
-        layout = self.store.request_layout(rid, self.tenant)
-        story_ref = self.store.put(layout.story, story, "application/x-protobuf")
-        manifest = {"request_id": rid, "task": request.task.value, "prompt": checked.prompt,
-                    "seed": request.seed, "finish_reason": REASON_NAMES.get(fin.reason, "error"),
-                    "images": [refs[i].ref for i in sorted(refs)],
-                    "story": story_ref, "incomplete_image": fin.incomplete_image,
-                    "generated_tokens": fin.usage.generated_tokens, "seconds": time.time() - start}
-        manifest_ref = self.store.write_manifest(rid, manifest, tenant=self.tenant)
-        return api_pb2.GenerateEvent(request_id=rid, finished=api_pb2.Finished(
+    async def _decode(self, results: StreamResults, index, grid, metadata):
+        """The decoder stores the image; shielded, so a cancel never orphans it."""
+        async def decode():
+            resp = await self.stages.decode(stages_pb2.DecodeRequest(
+                request_id=results.writer.layout.request_id, tenant=self.tenant, index=index,
+                grid=grid), metadata)
+            ref = result_ref_from_pb(resp.image)
+            results.writer.add_image(index, ref)
+            return ref
+        return await results.shielded(decode())
+
+    async def _finish(self, results: StreamResults, checked, request, fin) -> api_pb2.GenerateEvent:
+        """Story and manifest (off the event loop), then the Finished event."""
+        finished = generator_finished_from_pb(fin, request.request_id)
+        story_ref, manifest_ref = await results.complete(
+            self.tok, finished, lambda: [PngImage(png_bytes(decode_image(d)))
+                                         for d in checked.images])
+        return api_pb2.GenerateEvent(request_id=request.request_id, finished=api_pb2.Finished(
             reason=fin.reason, usage=fin.usage, story=result_ref_to_pb(story_ref),
             manifest=result_ref_to_pb(manifest_ref), incomplete_image=fin.incomplete_image,
             seed=request.seed))
-
-
-@dataclass
-class _Ref:
-    """A stored image's ResultRef as the decoder returned it (pb), with attribute access."""
-
-    pb: common_pb2.ResultRef
-
-    @property
-    def uri(self) -> str:
-        return self.pb.uri
-
-    @property
-    def ref(self):
-        from services.storage import ResultRef
-        p = self.pb
-        return ResultRef(uri=p.uri, presigned_url=p.presigned_url, sha256=p.sha256, bytes=p.bytes,
-                         width=p.width, height=p.height, content_type=p.content_type)
-
-
-def png_of(image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()

@@ -97,6 +97,8 @@ def test_t2i_image_arrives_as_a_stored_ref(cluster, tmp_path):
     assert story.question == "a red cat"
     manifest = json.loads(Path(fin.manifest.uri[7:]).read_text())
     assert manifest["images"][0]["sha256"] == ref.sha256
+    assert (manifest["manifest_version"], manifest["state"], manifest["seed"]) == (1, "complete", 2)
+    assert manifest["finish_reason"] == fin.reason
 
 
 def test_same_images_as_offline_generate(cluster, tmp_path):
@@ -116,7 +118,7 @@ def test_same_images_as_offline_generate(cluster, tmp_path):
     for i, (ref, off) in enumerate(zip(served, offline["images"])):
         download(ref, tmp_path / f"s{i}.png")
         a = np.asarray(Image.open(tmp_path / f"s{i}.png"), dtype=np.int16)
-        b = np.asarray(Image.open(tmp_path / "off" / off["path"]), dtype=np.int16)
+        b = np.asarray(Image.open(tmp_path / "off" / off["key"]), dtype=np.int16)
         # Same codes; the IBQ decoder's float sums may round 1 level apart under another
         # thread count (Ray workers run single-threaded), so pixels agree to 1 level.
         assert a.shape == b.shape and np.abs(a - b).max() <= 1
