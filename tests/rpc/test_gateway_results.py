@@ -260,3 +260,65 @@ def test_a_slow_store_call_does_not_stall_other_streams(gateway, store, log, op,
     events = run(main())
     assert events[-1].HasField("finished")
     assert log.index(("fast finished",)) < log.index((op + " done", key))
+
+
+# ---- the same on a real S3-compatible server ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def s3_store(tmp_path_factory):
+    from services.storage.s3 import S3ResultStore
+    from tests.storage.s3_server import S3ServerUnavailable, running_s3_server
+    try:
+        with running_s3_server(tmp_path_factory.mktemp("s3"), buckets=("emu35-gw",)) as server:
+            yield S3ResultStore("emu35-gw", prefix="gw", endpoint_url=server.endpoint_url,
+                                access_key=server.access_key, secret_key=server.secret_key)
+    except S3ServerUnavailable as e:
+        pytest.skip(f"no S3-compatible test server: {e}")
+
+
+def s3_keys(store, rid, tenant="default"):
+    pages = store.client.get_paginator("list_objects_v2").paginate(
+        Bucket=store.bucket, Prefix=store.object_key(f"{tenant}/{rid}/"))
+    return sorted(o["Key"].split(f"/{rid}/", 1)[1] for p in pages for o in p.get("Contents", []))
+
+
+@pytest.mark.slow
+def test_s3_cancel_leaves_no_orphans_and_reuse_is_refused(tok, s3_store, log):
+    stages = FakeStages(tok, s3_store, log)
+    gateway = Gateway(tok, stages, s3_store, context_length=8192)
+    stages.gates["decode", 1] = asyncio.Event()
+
+    async def decode_1_started():
+        while ("decode", "s3-cancel", 1) not in log:
+            await asyncio.sleep(0.01)
+        asyncio.get_running_loop().call_soon(stages.gates["decode", 1].set)
+
+    _cancel_after(gateway, request("s3-cancel"), decode_1_started)
+    layout = s3_store.request_layout("s3-cancel")
+    manifest = s3_store.read_manifest("s3-cancel")
+    assert manifest["state"] == "cancelled"
+    assert [m["key"] for m in manifest["images"]] == [layout.image(0), layout.image(1)]
+    assert s3_keys(s3_store, "s3-cancel") == ["claim.json", "images/00.png", "images/01.png",
+                                              "manifest.json"]
+    with pytest.raises(AlreadyExists, match="^request_id: "):
+        run(collect(gateway, request("s3-cancel")))
+    assert s3_store.read_manifest("s3-cancel") == manifest
+
+
+@pytest.mark.slow
+def test_s3_concurrent_twins_one_wins(tok, s3_store, log):
+    stages = FakeStages(tok, s3_store, log)
+    gateway = Gateway(tok, stages, s3_store, context_length=8192)
+    stages.gates["encode"] = asyncio.Event()
+
+    async def main():
+        pb = request("s3-twin", task=common_pb2.X2I, images=[jpeg()])
+        twins = [asyncio.ensure_future(collect(gateway, pb)) for _ in range(4)]
+        while sum(e[0] == "encode" for e in log) < 4:
+            await asyncio.sleep(0.01)
+        stages.gates["encode"].set()
+        return await asyncio.gather(*twins, return_exceptions=True)
+
+    outcomes = run(main())
+    assert sorted(type(o).__name__ for o in outcomes) == ["AlreadyExists"] * 3 + ["list"]
+    assert s3_store.read_manifest("s3-twin")["state"] == "complete"
