@@ -26,6 +26,7 @@ from services.engine.request import GenerationRequest
 from services.model.response import (BrokenImage, ImageEntry, IncompleteImage, PngImage,
                                      TextEntry, split_response)
 from services.storage import AlreadyExists, ResultRef
+from services.storage.base import MANIFEST_VERSION
 
 from .story import build_story
 
@@ -97,6 +98,8 @@ class ResultWriter:
         self.store, self.layout, self.summary = store, layout, summary
         self.images: dict[int, ResultRef] = {}
         self.committed = False
+        self.story: ResultRef | None = None  # once stored
+        self._finished: Finished | None = None
         self._pngs: dict[int, bytes] = {}
         self._budget = keep_png_bytes
         self._started = time.time() if started is None else started  # accepted (epoch s)
@@ -140,6 +143,7 @@ class ResultWriter:
         """Store the Story of the response and return the complete manifest record (not yet
         written: ``commit`` it, or collect it into a batch manifest). ``render`` makes the PNG
         of an image that no one stored yet (``emu35 generate``)."""
+        self._finished = finished
         entries = split_response(tok, list(finished.token_ids))
         items, k = [], 0
         for e in entries:
@@ -153,7 +157,7 @@ class ResultWriter:
             elif not isinstance(e, (BrokenImage, IncompleteImage)):
                 items.append(e)
         story = build_story(self.summary.prompt, reference_pngs, items).SerializeToString()
-        story_ref = self.store.put(self.layout.story, story, STORY_TYPE)
+        story_ref = self.story = self.store.put(self.layout.story, story, STORY_TYPE)
         state = {"error": "failed", "aborted": "cancelled"}.get(finished.reason, "complete")
         return self.record(state, finished=finished, story=story_ref,
                            text="".join(e.text for e in entries if isinstance(e, TextEntry)),
@@ -166,15 +170,16 @@ class ResultWriter:
         """The manifest (schema version 1, docs/manifest.md) of the request as it stands."""
         if state not in STATES:
             raise ValueError(f"state: must be one of {STATES}, got {state!r}")
-        s = self.summary
+        s, finished = self.summary, finished or self._finished
         return {
-            "manifest_version": 1, "tenant": self.layout.tenant,
+            "manifest_version": MANIFEST_VERSION, "tenant": self.layout.tenant,
             "request_id": self.layout.request_id, "state": state, "task": s.task,
             "prompt": s.prompt, "seed": s.seed, "max_new_tokens": s.max_new_tokens,
             "guidance_scale": s.guidance_scale,
             "output_grid": list(s.output_grid) if s.output_grid else None,
             "finish_reason": finished.reason if finished else None, "error": error,
-            "images": [self.images[i] for i in sorted(self.images)], "story": story,
+            "images": [self.images[i] for i in sorted(self.images)],
+            "story": story or self.story,
             "text": text, "broken_images": broken_images,
             "incomplete_image": bool(finished and finished.incomplete_image),
             "usage": usage_record(finished.usage) if finished else None,

@@ -101,6 +101,41 @@ def test_t2i_image_arrives_as_a_stored_ref(cluster, tmp_path):
     assert manifest["finish_reason"] == fin.reason
 
 
+def test_reused_request_id_is_already_exists_and_keeps_the_result(cluster):
+    import grpc
+
+    from emu35_client import Emu35Error
+    kw = dict(task="t2i", prompt="a red cat", size=(3, 4), seed=5, max_new_tokens=60,
+              request_id="e2e-once")
+    fin = _run(cluster["client"], **kw)[-1]
+    manifest = Path(fin.manifest.uri[7:])
+    before = manifest.read_bytes()
+    with pytest.raises(Emu35Error) as exc:
+        _run(cluster["client"], **{**kw, "seed": 6})
+    assert exc.value.code == grpc.StatusCode.ALREADY_EXISTS and "request_id" in str(exc.value)
+    assert manifest.read_bytes() == before
+
+
+def test_a_cancelled_stream_leaves_a_manifest_listing_every_image(cluster):
+    """Cancelled after its first image: the request ends with a manifest (cancelled, or
+    complete if the cancel came too late), and every stored image is listed in it."""
+    stream = cluster["client"].generate(task="howto", prompt="How to fold a paper crane",
+                                        size=(2, 2), seed=4, max_new_tokens=400,
+                                        request_id="e2e-cancel")
+    with stream:
+        for event in stream:
+            if isinstance(event, ImageReady):
+                break
+    folder = cluster["root"] / "results" / "default" / "e2e-cancel"
+    deadline = time.monotonic() + 60
+    while not (folder / "manifest.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["state"] in ("cancelled", "complete")
+    stored = sorted(str(p.relative_to(folder)) for p in (folder / "images").iterdir())
+    assert [m["key"] for m in manifest["images"]] == [f"default/e2e-cancel/{k}" for k in stored]
+
+
 def test_same_images_as_offline_generate(cluster, tmp_path):
     """The cluster and `emu35 generate` produce the same image for the same seed."""
     from cluster.cli import main

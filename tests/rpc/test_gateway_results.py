@@ -322,3 +322,26 @@ def test_s3_concurrent_twins_one_wins(tok, s3_store, log):
     outcomes = run(main())
     assert sorted(type(o).__name__ for o in outcomes) == ["AlreadyExists"] * 3 + ["list"]
     assert s3_store.read_manifest("s3-twin")["state"] == "complete"
+
+
+def test_failing_manifest_write_still_lists_the_story(gateway, store):
+    """The Story is stored, then the manifest write fails: the failed manifest lists it."""
+    layout = store.request_layout("req-1")
+    real = store._write_new
+    calls = []
+
+    def flaky(key, data, meta):
+        if key == layout.manifest and not calls:
+            calls.append(key)
+            raise OSError("disk full")  # not a StorageError: an unexpected failure
+        return real(key, data, meta)
+
+    store._write_new = flaky
+    with pytest.raises(OSError):
+        run(collect(gateway, request()))
+    run(drain_closing())
+    manifest = json.loads(store.get(layout.manifest))
+    assert manifest["state"] == "failed" and manifest["story"]["key"] == layout.story
+    assert manifest["finish_reason"] == "stop" and manifest["usage"]["queue_seconds"] == 0.25
+    assert request_files(store, "req-1") == ["claim.json", "images/00.png", "images/01.png",
+                                             "manifest.json", "story.pb"]
