@@ -21,6 +21,18 @@ replica, the inter-deployment server (replica.py: ``add_port_to_grpc_server(self
 "[::]:0")``). The worker setup hook ``bind_serve_grpc`` (installed through the job's
 runtime_env) rebinds the proxy to the requested host, and in local mode the replicas' servers
 to loopback, inside every Ray worker process.
+
+The same hook (``setup_worker``) also shapes Serve's public gRPC server (proxy.py), all for
+Ray 2.60 (pinned; each patch names the Serve internals it relies on):
+
+- ``grpc.max_receive_message_length`` just above the largest legal request
+  (``max_request_bytes``) instead of Serve's 2 GiB (constants.DEFAULT_GRPC_SERVER_OPTIONS,
+  read by grpc_util.gRPCGenericServer): gRPC refuses a larger message from its length prefix
+  with RESOURCE_EXHAUSTED naming both sizes, before buffering it.
+- requests reach the ingress as raw bytes (the method handlers' request deserializer removed in
+  ``gRPCGenericServer._override_method_handler``): the gateway parses them and answers
+  malformed protobuf with INVALID_ARGUMENT, where gRPC's own deserializer failure is a bare
+  UNKNOWN/INTERNAL.
 """
 from __future__ import annotations
 
@@ -29,6 +41,8 @@ import os
 import sys
 
 ENV = "EMU35_GRPC_BIND_HOST"
+MAX_MESSAGE_ENV = "EMU35_GRPC_MAX_MESSAGE_BYTES"
+MESSAGE_SLACK = 64 << 10  # field tags, lengths, sampling and size fields, metadata
 RAY_SINGLE_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
@@ -48,6 +62,39 @@ def keep_ray_on_loopback() -> None:
     constants = sys.modules.get("ray._private.ray_constants")
     if constants is not None:  # ray was imported already: the flag was read at import time
         constants.ENABLE_RAY_CLUSTER = False
+
+
+def max_request_bytes(limits) -> int:
+    """The largest legal GenerateRequest (services.rpc.validation.Limits) plus slack: every
+    image at its byte limit and the prompt at its character limit in 4-byte UTF-8."""
+    return limits.max_images * limits.max_image_bytes + 4 * limits.max_prompt_chars + MESSAGE_SLACK
+
+
+def setup_worker() -> None:
+    """Worker setup hook (every Ray worker of the job, Serve's proxy included)."""
+    bind_serve_grpc()
+    shape_public_server()
+
+
+def shape_public_server() -> None:
+    """Serve's public gRPC server: the message size bound, and raw request bytes."""
+    from ray.serve._private import grpc_util
+
+    limit = int(os.environ.get(MAX_MESSAGE_ENV, "0"))
+    if limit > 0:
+        grpc_util.DEFAULT_GRPC_SERVER_OPTIONS = [
+            (k, limit if k == "grpc.max_receive_message_length" else v)
+            for k, v in grpc_util.DEFAULT_GRPC_SERVER_OPTIONS]
+    cls = grpc_util.gRPCGenericServer
+    if getattr(cls, "_emu35_raw_requests", False):
+        return
+    override = cls._override_method_handler
+
+    def raw_requests(self, service_method, method_handler):
+        return override(self, service_method, method_handler)._replace(request_deserializer=None)
+
+    cls._override_method_handler = raw_requests
+    cls._emu35_raw_requests = True
 
 
 def bind_serve_grpc() -> None:

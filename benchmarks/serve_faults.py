@@ -1,0 +1,134 @@
+"""Fault and load probes against a running ``emu35 serve`` (issue 11): cancellations that
+must free the generator's KV, a burst that must be refused fast while Health keeps answering.
+
+    python -m benchmarks.serve_faults --target 127.0.0.1:9000 cancel --n 50
+    python -m benchmarks.serve_faults --target 127.0.0.1:9000 cancel --n 10 --concurrent
+    python -m benchmarks.serve_faults --target 127.0.0.1:9000 burst --n 300
+
+Prints one JSON line of figures; timings are measurements, not pass/fail checks.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from emu35_client import Client, Emu35Error
+
+LONG = dict(task="t2i", prompt="a long picture", size=(48, 48), max_new_tokens=2600)
+
+
+def wait_idle(client: Client, bound_s: float) -> float | None:
+    """Seconds until the generator holds no KV and runs nothing; None past ``bound_s``."""
+    start = time.monotonic()
+    while time.monotonic() - start < bound_s:
+        load = client.health(timeout=5).load
+        if load is not None and load.running == 0 and load.kv_blocks_used == 0 and load.waiting == 0:
+            return time.monotonic() - start
+        time.sleep(0.1)
+    return None
+
+
+def cancel_one(client: Client, seed: int, after_s: float) -> None:
+    stream = client.generate(seed=seed, **LONG)
+    timer = threading.Timer(after_s, stream.close)
+    timer.start()
+    try:
+        for _ in stream:
+            pass
+    except Emu35Error:
+        pass  # Cancelled
+    finally:
+        timer.cancel()
+
+
+def cancel_probe(client: Client, n: int, concurrent: bool, bound_s: float) -> dict:
+    """Cancel ``n`` streams 0.2-0.35 s after their start; count those whose KV was freed."""
+    rng = random.Random(0)
+    delays = [rng.uniform(0.2, 0.35) for _ in range(n)]
+    freed, waits = 0, []
+    if concurrent:
+        with ThreadPoolExecutor(n) as pool:
+            list(pool.map(lambda i: cancel_one(client, i, delays[i]), range(n)))
+        wait = wait_idle(client, bound_s)
+        return {"probe": "cancel", "concurrent": n, "all_freed_within_s": wait}
+    for i in range(n):
+        cancel_one(client, i, delays[i])
+        wait = wait_idle(client, bound_s)
+        if wait is None:
+            wait_idle(client, 120)  # let the stray one finish before the next
+        else:
+            freed += 1
+            waits.append(round(wait, 2))
+    return {"probe": "cancel", "n": n, "freed": freed, "bound_s": bound_s,
+            "max_wait_s": max(waits, default=None)}
+
+
+def burst_probe(client: Client, n: int) -> dict:
+    """``n`` concurrent Generate calls; first RESOURCE_EXHAUSTED time and Health latency."""
+    start = time.monotonic()
+    codes: dict[str, int] = {}
+    first_refusal: list[float] = []
+    health_ms: list[float] = []
+    done = threading.Event()
+
+    def one(i: int) -> None:
+        try:
+            for _ in client.generate(seed=i, timeout=90, **LONG):
+                pass
+            code = "OK"
+        except Emu35Error as e:
+            code = getattr(e, "code", type(e).__name__)
+            code = getattr(code, "name", str(code))
+            if code == "RESOURCE_EXHAUSTED" and not first_refusal:
+                first_refusal.append(time.monotonic() - start)
+        codes[code] = codes.get(code, 0) + 1
+
+    def health() -> None:
+        while not done.is_set():
+            t = time.monotonic()
+            try:
+                client.health(timeout=10)
+                health_ms.append((time.monotonic() - t) * 1000)
+            except Emu35Error:
+                health_ms.append(float("inf"))
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=health)
+    watcher.start()
+    with ThreadPoolExecutor(n) as pool:
+        list(pool.map(one, range(n)))
+    done.set()
+    watcher.join()
+    health_ms.sort()
+    return {"probe": "burst", "n": n, "codes": codes,
+            "first_resource_exhausted_s": round(first_refusal[0], 3) if first_refusal else None,
+            "health_ms_p50": round(health_ms[len(health_ms) // 2], 1) if health_ms else None,
+            "health_ms_max": round(health_ms[-1], 1) if health_ms else None,
+            "health_samples": len(health_ms)}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--target", default="127.0.0.1:9000")
+    sub = p.add_subparsers(dest="probe", required=True)
+    c = sub.add_parser("cancel")
+    c.add_argument("--n", type=int, default=50)
+    c.add_argument("--concurrent", action="store_true")
+    c.add_argument("--bound", type=float, default=2.0, help="seconds to wait for KV freed")
+    b = sub.add_parser("burst")
+    b.add_argument("--n", type=int, default=300)
+    args = p.parse_args(argv)
+    with Client(args.target, default_timeout=60) as client:
+        if args.probe == "cancel":
+            out = cancel_probe(client, args.n, args.concurrent, args.bound)
+        else:
+            out = burst_probe(client, args.n)
+    print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main()
