@@ -4,6 +4,7 @@ must free the generator's KV, a burst that must be refused fast while Health kee
     python -m benchmarks.serve_faults --target 127.0.0.1:9000 cancel --n 50
     python -m benchmarks.serve_faults --target 127.0.0.1:9000 cancel --n 10 --concurrent
     python -m benchmarks.serve_faults --target 127.0.0.1:9000 burst --n 300
+    python -m benchmarks.serve_faults --target 127.0.0.1:9000 kill   # SIGKILL each stage
 
 Prints one JSON line of figures; timings are measurements, not pass/fail checks.
 """
@@ -19,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from emu35_client import Client, Emu35Error
 
 LONG = dict(task="t2i", prompt="a long picture", size=(48, 48), max_new_tokens=2600)
+SHORT = dict(task="t2i", prompt="a small picture", size=(4, 4), max_new_tokens=60)
 
 
 def wait_idle(client: Client, bound_s: float) -> float | None:
@@ -77,7 +79,7 @@ def burst_probe(client: Client, n: int) -> dict:
 
     def one(i: int) -> None:
         try:
-            for _ in client.generate(seed=i, timeout=90, **LONG):
+            for _ in client.generate(seed=i, timeout=90, **SHORT):
                 pass
             code = "OK"
         except Emu35Error as e:
@@ -111,6 +113,65 @@ def burst_probe(client: Client, n: int) -> dict:
             "health_samples": len(health_ms)}
 
 
+def _replica_pids(stage: str) -> list[int]:
+    from pathlib import Path
+    found = []
+    for cmd in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if f"ServeReplica:emu35-gateway:{stage}".encode() in cmd.read_bytes():
+                found.append(int(cmd.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+def _kill(stage: str) -> None:
+    import os
+    import signal
+    for pid in _replica_pids(stage):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _big_png() -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (1536, 1536, 3), np.uint8)).save(
+        buf, format="PNG")
+    return buf.getvalue()
+
+
+def kill_probe(client: Client) -> dict:
+    """SIGKILL each stage's replica while a request needs it; what the client sees."""
+    from emu35_client import ImageProgress
+    seen = {}
+    cases = {"encoder": (dict(task="x2i", prompt="edit", images=[_big_png()], size=(4, 4),
+                              max_new_tokens=100), "start", 0.3),
+             "generator": (LONG, "start", 1.0),
+             "decoder": (dict(LONG, max_new_tokens=2400), "last_row", 0.0)}
+    for stage, (kw, when, after) in cases.items():
+        while not client.health(timeout=5).ready:
+            time.sleep(0.5)
+        start = time.monotonic()
+        stream = client.generate(seed=1, **kw)
+        if when == "start":
+            threading.Timer(after, _kill, (stage,)).start()
+        try:
+            for ev in stream:
+                if when == "last_row" and isinstance(ev, ImageProgress) and ev.rows_done == ev.rows_total:
+                    _kill(stage)
+            seen[stage] = "OK (finished before the kill)"
+        except Emu35Error as e:
+            seen[stage] = f"{e.code.name}: {e.details} ({time.monotonic() - start:.1f} s)"
+        back = time.monotonic()
+        while not client.health(timeout=5).ready:
+            time.sleep(0.5)
+        seen[stage + "_back_after_s"] = round(time.monotonic() - back, 1)
+    return {"probe": "kill", **seen}
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--target", default="127.0.0.1:9000")
@@ -121,10 +182,13 @@ def main(argv=None) -> None:
     c.add_argument("--bound", type=float, default=2.0, help="seconds to wait for KV freed")
     b = sub.add_parser("burst")
     b.add_argument("--n", type=int, default=300)
+    sub.add_parser("kill")
     args = p.parse_args(argv)
     with Client(args.target, default_timeout=60) as client:
         if args.probe == "cancel":
             out = cancel_probe(client, args.n, args.concurrent, args.bound)
+        elif args.probe == "kill":
+            out = kill_probe(client)
         else:
             out = burst_probe(client, args.n)
     print(json.dumps(out), flush=True)

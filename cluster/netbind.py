@@ -33,6 +33,7 @@ Ray 2.60 (pinned; each patch names the Serve internals it relies on):
   ``gRPCGenericServer._override_method_handler``): the gateway parses them and answers
   malformed protobuf with INVALID_ARGUMENT, where gRPC's own deserializer failure is a bare
   UNKNOWN/INTERNAL.
+- a cancelled call always cancels the replica's work (``mend_response_cancel``): see there.
 """
 from __future__ import annotations
 
@@ -74,6 +75,7 @@ def setup_worker() -> None:
     """Worker setup hook (every Ray worker of the job, Serve's proxy included)."""
     bind_serve_grpc()
     shape_public_server()
+    mend_response_cancel()
 
 
 def shape_public_server() -> None:
@@ -95,6 +97,42 @@ def shape_public_server() -> None:
 
     cls._override_method_handler = raw_requests
     cls._emu35_raw_requests = True
+
+
+def mend_response_cancel() -> None:
+    """Ray 2.60 loses a cancel that lands between assignment and first read (issue 11 item 2).
+
+    In Serve's proxy the router runs on the caller's loop. ``_DeploymentResponseBase.cancel``
+    (serve/handle.py) then cancels ``_replica_result_future`` and, only when it is already
+    stored, ``_replica_result``. But the result is stored lazily, by whoever next awaits the
+    response (``_fetch_future_result_async``), and the proxy's streaming read
+    (proxy_response_generator.py ``_get_next_streaming_result``) leaves that read running when
+    the client goes away. A cancel after the router has assigned the request (the future is
+    done, so cancelling it does nothing) but before the read stored the result cancels
+    nothing: the replica (the gateway, and so the generator) keeps generating to the end.
+    The mend: when cancel finds no stored result, cancel the result the future holds or will
+    hold. Harmless when the original cancel already reached it (cancelling twice is a no-op).
+    """
+    from ray.serve import handle
+
+    cls = handle._DeploymentResponseBase
+    if getattr(cls, "_emu35_cancel_mended", False):
+        return
+    cancel = cls.cancel
+
+    def cancel_assigned_too(self) -> None:
+        first = not self._cancelled
+        cancel(self)
+        if first and self._replica_result is None and not self._is_router_running_in_separate_loop:
+            self._replica_result_future.add_done_callback(_cancel_assigned)
+
+    cls.cancel = cancel_assigned_too
+    cls._emu35_cancel_mended = True
+
+
+def _cancel_assigned(future) -> None:
+    if not future.cancelled() and future.exception() is None:
+        future.result().cancel()
 
 
 def bind_serve_grpc() -> None:

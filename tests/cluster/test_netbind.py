@@ -28,3 +28,30 @@ def test_keep_ray_on_loopback_sets_the_single_node_flag(monkeypatch):
     assert sys.modules["ray._private.ray_constants"].ENABLE_RAY_CLUSTER is False
     from ray._private import services
     assert services.get_node_ip_address() == "127.0.0.1"
+
+
+def test_cancel_reaches_a_request_assigned_but_not_yet_read():
+    """Ray 2.60's same-loop cancel (Serve's proxy) cancels nothing when the router has
+    assigned the request but no read has stored the result yet; mended in the setup hook."""
+    import asyncio
+
+    from ray.serve.handle import DeploymentResponseGenerator
+
+    netbind.mend_response_cancel()
+
+    class Result:
+        cancelled = False
+
+        def cancel(self):
+            self.cancelled = True
+
+    async def scenario() -> bool:
+        future, result = asyncio.get_running_loop().create_future(), Result()
+        future.set_result(result)  # assigned: the request runs on a replica
+        response = DeploymentResponseGenerator(future, request_metadata=None,
+                                               _is_router_running_in_separate_loop=False)
+        response.cancel()  # the client went away before any read stored the result
+        await asyncio.sleep(0)
+        return result.cancelled
+
+    assert asyncio.run(scenario())
