@@ -55,3 +55,41 @@ def test_cancel_reaches_a_request_assigned_but_not_yet_read():
         return result.cancelled
 
     assert asyncio.run(scenario())
+
+
+def test_a_stream_closed_between_messages_cancels_its_response():
+    """Ray 2.60's gRPC proxy handler closed at ``yield`` (the client cancelled between two
+    messages) left the replica's response running; mended in the setup hook."""
+    import asyncio
+
+    from ray.serve._private import proxy
+
+    netbind.mend_stream_close()
+
+    class Response:
+        cancelled_ = False
+
+        def cancel(self):
+            self.cancelled_ = True
+
+        def cancelled(self):
+            return self.cancelled_
+
+    response = Response()
+
+    async def handler():  # the shape of gRPCProxy.send_request_to_replica
+        stream = proxy.ProxyResponseGenerator(response)
+        try:
+            for i in range(10):
+                yield i
+        except BaseException:
+            pass  # Ray logs "unexpected error" here and never cancels `stream`
+        _ = stream
+
+    async def client_cancels_after_one_message():
+        gen = netbind.cancel_on_close(handler)()
+        assert await gen.__anext__() == 0
+        await gen.aclose()  # grpc.aio closes the handler when the client cancels
+
+    asyncio.run(client_cancels_after_one_message())
+    assert response.cancelled_
