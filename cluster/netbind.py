@@ -35,6 +35,8 @@ Ray 2.60 (pinned; each patch names the Serve internals it relies on):
   UNKNOWN/INTERNAL.
 - a cancelled call always cancels the replica's work (``mend_stream_close``, the cause found
   for issue 11 item 2, and ``mend_response_cancel``, a smaller window): see there.
+- the proxy's own statuses carry no Ray internals (``mend_public_statuses``): a lost gateway
+  replica is UNAVAILABLE (retryable), an unexpected error INTERNAL with the request id only.
 """
 from __future__ import annotations
 
@@ -79,6 +81,7 @@ def setup_worker() -> None:
     shape_public_server()
     mend_stream_close()
     mend_response_cancel()
+    mend_public_statuses()
 
 
 def shape_public_server() -> None:
@@ -163,6 +166,37 @@ def cancel_on_close(send):
                     pass
 
     return send_cancelling_on_close
+
+
+def mend_public_statuses() -> None:
+    """Ray 2.60's proxy answers a lost ingress replica (RayActorError) and any unexpected error
+    with INTERNAL and ``str(exc)``: actor ids, pids, addresses and tracebacks reach the client
+    (grpc_util.get_grpc_response_status, used by name in proxy.py). Keep Serve's statuses
+    otherwise (timeouts, cancels, back-pressure, the gateway's own statuses)."""
+    import grpc
+    from ray.exceptions import RayActorError
+    from ray.serve._private import proxy
+    from ray.serve._private.proxy_request_response import ResponseStatus
+    from ray.serve.exceptions import gRPCStatusError
+
+    serve_status = proxy.get_grpc_response_status
+    if getattr(serve_status, "_emu35", False):
+        return
+
+    def public_status(exc, request_timeout_s, request_id):
+        status = serve_status(exc, request_timeout_s, request_id)
+        cause = exc.original_exception if isinstance(exc, gRPCStatusError) else exc
+        if isinstance(cause, RayActorError):
+            return ResponseStatus(code=grpc.StatusCode.UNAVAILABLE, is_error=True,
+                                  message="gateway unavailable (its replica was lost); retry "
+                                          "the request")
+        if status.code == grpc.StatusCode.INTERNAL and not isinstance(exc, gRPCStatusError):
+            return ResponseStatus(code=grpc.StatusCode.INTERNAL, is_error=True,
+                                  message=f"internal error (request {request_id})")
+        return status
+
+    public_status._emu35 = True
+    proxy.get_grpc_response_status = public_status
 
 
 def mend_response_cancel() -> None:

@@ -162,6 +162,21 @@ def test_a_generator_death_mid_stream_is_unavailable(cluster):
     assert _until(lambda: client.health().ready, 120)
 
 
+def test_a_gateway_death_mid_stream_is_unavailable(cluster):
+    client = cluster["client"]
+    assert _until(lambda: client.health().ready, 120)
+    stream = client.generate(seed=2, **LONG)
+    threading.Timer(1.0, _kill, ("gateway",)).start()
+    with pytest.raises(Emu35Error) as exc:
+        for _ in stream:
+            pass
+    print(f"\ngateway killed mid-stream: {exc.value.code.name}: {exc.value.details}")
+    assert isinstance(exc.value, Unavailable), exc.value
+    assert not LEAK_RE.search(exc.value.details), exc.value.details
+    assert _until(lambda: client.health().ready, 120)
+    assert _wait_idle(client, 60) is not None  # the orphaned generation was cancelled
+
+
 # ---------------------------------------------------------------- helpers
 def _wait_idle(client, bound_s: float) -> float | None:
     start = time.monotonic()
