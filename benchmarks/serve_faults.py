@@ -69,48 +69,65 @@ def cancel_probe(client: Client, n: int, concurrent: bool, bound_s: float) -> di
             "max_wait_s": max(waits, default=None)}
 
 
-def burst_probe(client: Client, n: int) -> dict:
-    """``n`` concurrent Generate calls; first RESOURCE_EXHAUSTED time and Health latency."""
-    start = time.monotonic()
+def burst_probe(target: str, n: int) -> dict:
+    """``n`` concurrent Generate calls (one asyncio client); the first RESOURCE_EXHAUSTED's
+    time and the Health latency meanwhile, polled from another process (so the burst's own
+    client does not slow the measurement)."""
+    import asyncio
+    import multiprocessing
+
+    stop, results = multiprocessing.Event(), multiprocessing.Queue()
+    watcher = multiprocessing.Process(target=_health_watch, args=(target, stop, results))
+    watcher.start()
+    time.sleep(1.0)  # the watcher's first samples are the idle baseline
+    out = asyncio.run(_burst(target, n))
+    stop.set()
+    health_ms = sorted(results.get(timeout=30))
+    watcher.join()
+    busy = health_ms  # every sample, idle ones included
+    return {"probe": "burst", "n": n, **out,
+            "health_ms_p50": round(busy[len(busy) // 2], 1) if busy else None,
+            "health_ms_max": round(busy[-1], 1) if busy else None, "health_samples": len(busy)}
+
+
+async def _burst(target: str, n: int) -> dict:
+    import asyncio
+
+    from emu35_client import AsyncClient
     codes: dict[str, int] = {}
-    first_refusal: list[float] = []
-    health_ms: list[float] = []
-    done = threading.Event()
+    first: list[float] = []
+    async with AsyncClient(target, default_timeout=90) as client:
+        start = time.monotonic()
 
-    def one(i: int) -> None:
-        try:
-            for _ in client.generate(seed=i, timeout=90, **SHORT):
-                pass
-            code = "OK"
-        except Emu35Error as e:
-            code = getattr(e, "code", type(e).__name__)
-            code = getattr(code, "name", str(code))
-            if code == "RESOURCE_EXHAUSTED" and not first_refusal:
-                first_refusal.append(time.monotonic() - start)
-        codes[code] = codes.get(code, 0) + 1
+        async def one(i: int) -> None:
+            try:
+                async for _ in client.generate(seed=i, **SHORT):
+                    pass
+                code = "OK"
+            except Emu35Error as e:
+                code = e.code.name
+                if code == "RESOURCE_EXHAUSTED" and not first:
+                    first.append(time.monotonic() - start)
+            codes[code] = codes.get(code, 0) + 1
 
-    def health() -> None:
-        while not done.is_set():
+        await asyncio.gather(*(one(i) for i in range(n)))
+        took = time.monotonic() - start
+    return {"codes": codes, "burst_s": round(took, 1),
+            "first_resource_exhausted_s": round(first[0], 3) if first else None}
+
+
+def _health_watch(target: str, stop, results) -> None:
+    samples = []
+    with Client(target) as client:
+        while not stop.is_set():
             t = time.monotonic()
             try:
                 client.health(timeout=10)
-                health_ms.append((time.monotonic() - t) * 1000)
+                samples.append((time.monotonic() - t) * 1000)
             except Emu35Error:
-                health_ms.append(float("inf"))
-            time.sleep(0.2)
-
-    watcher = threading.Thread(target=health)
-    watcher.start()
-    with ThreadPoolExecutor(n) as pool:
-        list(pool.map(one, range(n)))
-    done.set()
-    watcher.join()
-    health_ms.sort()
-    return {"probe": "burst", "n": n, "codes": codes,
-            "first_resource_exhausted_s": round(first_refusal[0], 3) if first_refusal else None,
-            "health_ms_p50": round(health_ms[len(health_ms) // 2], 1) if health_ms else None,
-            "health_ms_max": round(health_ms[-1], 1) if health_ms else None,
-            "health_samples": len(health_ms)}
+                samples.append(float("inf"))
+            time.sleep(0.1)
+    results.put(samples)
 
 
 def _replica_pids(stage: str) -> list[int]:
@@ -190,7 +207,7 @@ def main(argv=None) -> None:
         elif args.probe == "kill":
             out = kill_probe(client)
         else:
-            out = burst_probe(client, args.n)
+            out = burst_probe(args.target, args.n)
     print(json.dumps(out), flush=True)
 
 

@@ -2,8 +2,10 @@
 
 A background task pings every stage through its deployment handle (a cheap method, short
 timeout; the generator's ping also asks its engine whether it lives) and reads the generator
-load board, every PERIOD_S. Health and Info answer from this state at once: they never wait
-on a stage, so they answer within a second whatever the load.
+load board, every PERIOD_S. A ping that fails (replica lost, engine dead) makes the stage not
+ready; one that only times out may be waiting behind a busy stage's requests, so then Serve's
+own status decides (a RUNNING replica). Health and Info answer from this state at once: they
+never wait on a stage, so they answer within a second whatever the load.
 """
 from __future__ import annotations
 
@@ -67,6 +69,9 @@ class StageWatch:
         response = self.pings[name].remote()
         try:
             return bool(await asyncio.wait_for(_result(response), PING_TIMEOUT_S))
+        except asyncio.TimeoutError:
+            response.cancel()
+            return await asyncio.to_thread(_running_replicas, name) > 0
         except Exception as e:
             response.cancel()
             log.info("stage %s not ready: %s", name, type(e).__name__)
@@ -75,3 +80,16 @@ class StageWatch:
 
 async def _result(response):
     return await response
+
+
+def _running_replicas(deployment: str) -> int:
+    """RUNNING replicas of ``deployment`` in this application, from Serve's controller."""
+    from ray import serve
+
+    try:
+        app = serve.get_replica_context().app_name
+        status = serve.status().applications[app].deployments[deployment]
+        return status.replica_states.get("RUNNING", 0)
+    except Exception:
+        log.warning("Serve status unavailable", exc_info=True)
+        return 0
