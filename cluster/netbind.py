@@ -47,6 +47,7 @@ import sys
 
 ENV = "EMU35_GRPC_BIND_HOST"
 MAX_MESSAGE_ENV = "EMU35_GRPC_MAX_MESSAGE_BYTES"
+REPLICA_MESSAGE_ENV = "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH"  # Serve's, between replicas
 MESSAGE_SLACK = 64 << 10  # field tags, lengths, sampling and size fields, metadata
 RAY_SINGLE_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 

@@ -79,7 +79,8 @@ def start(cfg: ServeConfig) -> None:
     (cluster/netbind.py)."""
     from services.rpc.validation import Limits
 
-    from .netbind import ENV, MAX_MESSAGE_ENV, is_loopback, keep_ray_on_loopback, max_request_bytes
+    from .netbind import (ENV, MAX_MESSAGE_ENV, REPLICA_MESSAGE_ENV, is_loopback,
+                          keep_ray_on_loopback, max_request_bytes)
 
     local = is_loopback(cfg.host)
     if local:
@@ -87,12 +88,15 @@ def start(cfg: ServeConfig) -> None:
     import ray
     from ray import serve
 
+    largest = max_request_bytes(Limits())
     ray.init(_node_ip_address="127.0.0.1" if local else None, include_dashboard=False,
              num_cpus=8, object_store_memory=512 << 20, configure_logging=False,
              log_to_driver=False,
              runtime_env={"worker_process_setup_hook": "cluster.netbind.setup_worker",
-                          "env_vars": {ENV: cfg.host,
-                                       MAX_MESSAGE_ENV: str(max_request_bytes(Limits()))}})
+                          "env_vars": {ENV: cfg.host, MAX_MESSAGE_ENV: str(largest),
+                                       # the stage calls between replicas carry the images
+                                       # too (Serve's default there is gRPC's 4 MiB)
+                                       REPLICA_MESSAGE_ENV: str(largest)}})
     serve.start(http_options={"host": cfg.host, "port": cfg.http_port},
                 grpc_options={"port": cfg.grpc_port, "grpc_servicer_functions": SERVICERS})
     # A route prefix makes the application reachable through the proxies (gRPC routes by the

@@ -91,7 +91,7 @@ def translated(stage: str):
             "RESOURCE_EXHAUSTED", f"server busy: the {stage} stage is at capacity; retry later"
         )) from None
     except (ray_errors.RayActorError, ray_errors.ActorUnavailableError,
-            serve_errors.DeploymentUnavailableError, grpc.aio.AioRpcError) as e:
+            serve_errors.DeploymentUnavailableError, grpc.RpcError) as e:
         log.warning("%s stage call lost its replica: %s", stage, type(e).__name__)
         raise Unavailable(f"{stage} stage unavailable (its replica was lost); retry the "
                           "request") from None

@@ -79,6 +79,21 @@ def test_the_normal_path_works_through_the_client(cluster):
     assert type(events[-1]).__name__ == "Finished"
 
 
+def test_a_reference_image_over_4_mib_crosses_the_stage_transport(cluster):
+    """Serve's transport between replicas defaults to gRPC's 4 MiB; a legal image is larger."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    buf = io.BytesIO()
+    pixels = np.random.default_rng(0).integers(0, 255, (1300, 1300, 3), np.uint8)
+    Image.fromarray(pixels).save(buf, format="PNG")
+    assert buf.tell() > 4 << 20
+    events = list(cluster["client"].generate(task="x2i", prompt="edit", images=[buf.getvalue()],
+                                             size=(2, 2), seed=1, max_new_tokens=30))
+    assert type(events[-1]).__name__ == "Finished"
+
+
 @pytest.mark.parametrize("application", [None, "emu35-gateway", "stage"])
 def test_stage_services_are_not_on_the_public_port(cluster, application):
     """Only emu35.v1.Emu35 is served: every stage method is UNIMPLEMENTED, whatever the
