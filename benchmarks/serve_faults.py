@@ -135,7 +135,8 @@ def _replica_pids(stage: str) -> list[int]:
     found = []
     for cmd in Path("/proc").glob("[0-9]*/cmdline"):
         try:
-            if f"ServeReplica:emu35-gateway:{stage}".encode() in cmd.read_bytes():
+            text = cmd.read_bytes()  # ray::ServeReplica:<app>:<deployment>
+            if b"ServeReplica:" in text and f":{stage}".encode() in text.split(b"\0")[0]:
                 found.append(int(cmd.parent.name))
         except OSError:
             continue

@@ -46,6 +46,7 @@ import os
 import sys
 
 ENV = "EMU35_GRPC_BIND_HOST"
+MENDED_RAY = "2.60.0"  # the Ray whose Serve internals the mends below were written against
 MAX_MESSAGE_ENV = "EMU35_GRPC_MAX_MESSAGE_BYTES"
 REPLICA_MESSAGE_ENV = "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH"  # Serve's, between replicas
 MESSAGE_SLACK = 64 << 10  # field tags, lengths, sampling and size fields, metadata

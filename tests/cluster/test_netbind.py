@@ -93,3 +93,11 @@ def test_a_stream_closed_between_messages_cancels_its_response():
 
     asyncio.run(client_cancels_after_one_message())
     assert response.cancelled_
+
+
+def test_the_serve_mends_match_the_installed_ray():
+    """The setup hook patches Serve internals of one Ray version: a Ray upgrade must review
+    them (and drop those its Serve fixed) before this passes again."""
+    import ray
+
+    assert ray.__version__ == netbind.MENDED_RAY
