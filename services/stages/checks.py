@@ -78,3 +78,10 @@ def check_prompt_ids(ids, special, field: str) -> None:
             raise InvalidArgument(f"{field}: image token at {pos} outside an image span")
     if inside:
         raise InvalidArgument(f"{field}: an image span is not closed")
+
+
+def check_output_grid(grid) -> None:
+    """Generator: a fixed output grid within the sizes the API accepts."""
+    if grid is not None and not (1 <= grid.h <= DEFAULT_MAX_SIDE and 1 <= grid.w <= DEFAULT_MAX_SIDE):
+        raise InvalidArgument(f"output_grid: {grid.h}x{grid.w} is outside 1..{DEFAULT_MAX_SIDE} "
+                              "per side")

@@ -20,8 +20,8 @@ from services.rpc.convert import (codes_from_pb, decode_response_to_pb, encode_r
 from services.rpc.tracing import start_span
 from services.rpc.validation import Limits, decode_image
 
-from .checks import (check_decode, check_encode, check_key_under, check_prompt_ids,
-                     check_request_id)
+from .checks import (check_decode, check_encode, check_key_under, check_output_grid,
+                     check_prompt_ids, check_request_id)
 from .load import LoadReporter
 from .settings import StageSettings, check_tensor_parallel
 
@@ -128,6 +128,7 @@ class GeneratorStage:
         try:
             request = generator_request_from_pb(wire.generator_request(data))
             check_request_id(request.request_id)
+            check_output_grid(request.output_grid)
             for field in ("cond_ids", "uncond_ids", "full_uncond_ids"):
                 check_prompt_ids(getattr(request, field), self.special, field)
             async for event in self.engine.generate(request):

@@ -121,3 +121,12 @@ def test_ray_errors_become_unavailable_or_a_passed_status():
         "NOT_FOUND", "gone")).as_instanceof_cause()
     assert status_for(raised(wrapped)) == (grpc.StatusCode.NOT_FOUND, "gone")
     assert isinstance(raised(asyncio.CancelledError()), asyncio.CancelledError)
+
+
+def test_generator_output_grid_bounds():
+    from services.model.image_tokens import ImageGrid
+    checks.check_output_grid(None)
+    checks.check_output_grid(ImageGrid(16, 16))
+    for bad in (ImageGrid(300, 4), ImageGrid(4, 100_000)):
+        with pytest.raises(InvalidArgument, match="output_grid"):
+            checks.check_output_grid(bad)
