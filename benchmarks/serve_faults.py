@@ -143,13 +143,6 @@ def _replica_pids(stage: str) -> list[int]:
     return found
 
 
-def _kill(stage: str) -> None:
-    import os
-    import signal
-    for pid in _replica_pids(stage):
-        os.kill(pid, signal.SIGKILL)
-
-
 def _big_png() -> bytes:
     import io
 
@@ -162,25 +155,24 @@ def _big_png() -> bytes:
 
 
 def kill_probe(client: Client) -> dict:
-    """SIGKILL each stage's replica while a request needs it; what the client sees."""
-    from emu35_client import ImageProgress
+    """SIGKILL each stage's replica while a request is inside it; what the client sees. The
+    replica is stopped (SIGSTOP) first so the request surely reaches it, then killed."""
     seen = {}
-    cases = {"encoder": (dict(task="x2i", prompt="edit", images=[_big_png()], size=(4, 4),
-                              max_new_tokens=100), "start", 0.3),
-             "generator": (LONG, "start", 1.0),
-             "decoder": (dict(LONG, max_new_tokens=2400), "last_row", 0.0)}
-    for stage, (kw, when, after) in cases.items():
+    cases = {"encoder": dict(task="x2i", prompt="edit", images=[_big_png()], size=(4, 4),
+                             max_new_tokens=100),
+             "generator": LONG,
+             "decoder": dict(task="t2i", prompt="a small picture", size=(4, 4),
+                             max_new_tokens=60)}
+    for stage, kw in cases.items():
         while not client.health(timeout=5).ready:
             time.sleep(0.5)
+        _signal(stage, "SIGSTOP")
+        threading.Timer(3.0, _signal, (stage, "SIGKILL")).start()
         start = time.monotonic()
-        stream = client.generate(seed=1, **kw)
-        if when == "start":
-            threading.Timer(after, _kill, (stage,)).start()
         try:
-            for ev in stream:
-                if when == "last_row" and isinstance(ev, ImageProgress) and ev.rows_done >= ev.rows_total - 1:
-                    _kill(stage)
-            seen[stage] = "OK (finished before the kill)"
+            for _ in client.generate(seed=1, timeout=60, **kw):
+                pass
+            seen[stage] = "OK"
         except Emu35Error as e:
             seen[stage] = f"{e.code.name}: {e.details} ({time.monotonic() - start:.1f} s)"
         back = time.monotonic()
@@ -188,6 +180,13 @@ def kill_probe(client: Client) -> dict:
             time.sleep(0.5)
         seen[stage + "_back_after_s"] = round(time.monotonic() - back, 1)
     return {"probe": "kill", **seen}
+
+
+def _signal(stage: str, name: str) -> None:
+    import os
+    import signal
+    for pid in _replica_pids(stage):
+        os.kill(pid, getattr(signal, name))
 
 
 def main(argv=None) -> None:

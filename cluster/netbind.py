@@ -186,6 +186,13 @@ def mend_public_statuses() -> None:
         return
 
     def public_status(exc, request_timeout_s, request_id):
+        if isinstance(exc, gRPCStatusError) and exc.grpc_code not in (
+                grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+            # The gateway's own answer to a caller error or overload: pass it on without
+            # Serve's traceback log line, which under a burst of refusals costs the proxy
+            # more than the refusals themselves.
+            return ResponseStatus(code=exc.grpc_code, is_error=True,
+                                  message=(exc.grpc_details or exc.grpc_code.name)[:4096])
         status = serve_status(exc, request_timeout_s, request_id)
         cause = exc.original_exception if isinstance(exc, gRPCStatusError) else exc
         if isinstance(cause, RayActorError):

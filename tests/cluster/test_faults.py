@@ -177,6 +177,29 @@ def test_a_generator_death_mid_stream_is_unavailable(cluster):
     assert _until(lambda: client.health().ready, 120)
 
 
+@pytest.mark.parametrize("stage", ["encoder", "decoder"])
+def test_an_encoder_or_decoder_death_mid_call_is_unavailable(cluster, stage):
+    """The replica is frozen (SIGSTOP) so the stage call surely reaches it, then killed."""
+    import io
+
+    from PIL import Image
+    client = cluster["client"]
+    assert _until(lambda: client.health().ready, 120)
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), "orange").save(buf, format="PNG")
+    kw = dict(task="x2i", prompt="edit", images=[buf.getvalue()]) if stage == "encoder" else \
+        dict(task="t2i", prompt="a cat")
+    _signal(stage, signal.SIGSTOP)
+    threading.Timer(3.0, _signal, (stage, signal.SIGKILL)).start()
+    with pytest.raises(Emu35Error) as exc:
+        for _ in client.generate(size=(2, 2), seed=1, max_new_tokens=30, timeout=60, **kw):
+            pass
+    print(f"\n{stage} killed mid-call: {exc.value.code.name}: {exc.value.details}")
+    assert isinstance(exc.value, Unavailable), exc.value
+    assert not LEAK_RE.search(exc.value.details), exc.value.details
+    assert _until(lambda: client.health().ready, 120)
+
+
 def test_a_gateway_death_mid_stream_is_unavailable(cluster):
     client = cluster["client"]
     assert _until(lambda: client.health().ready, 120)
@@ -228,10 +251,14 @@ def _pids(name: str) -> list[int]:
 
 
 def _kill(stage: str) -> None:
+    _signal(stage, signal.SIGKILL)
+
+
+def _signal(stage: str, sig) -> None:
     pids = _pids(f"ServeReplica:emu35-gateway:{stage}")
     assert pids, f"no {stage} replica process"
     for pid in pids:
-        os.kill(pid, signal.SIGKILL)
+        os.kill(pid, sig)
 
 
 def _rss(pid: int) -> int:
