@@ -143,3 +143,37 @@ def generator_finished_from_pb(pb: stages_pb2.GeneratorFinished, request_id: str
     return Finished(request_id=request_id, reason=REASON_NAMES.get(pb.reason, "error"),
                     usage=usage_from_pb(pb.usage), token_ids=tuple(pb.token_ids),
                     incomplete_image=pb.incomplete_image)
+
+
+# ------------------------------------------- stage answers and public status (stages)
+def encode_response_to_pb(grids) -> stages_pb2.EncodeResponse:
+    """The encoder's code grids (tensors [h, w]), in image order."""
+    return stages_pb2.EncodeResponse(grids=[codes_to_pb(g) for g in grids])
+
+
+def decode_response_to_pb(ref) -> stages_pb2.DecodeResponse:
+    """The decoder's stored PNG (a services.storage ResultRef)."""
+    return stages_pb2.DecodeResponse(image=result_ref_to_pb(ref))
+
+
+def health_to_pb(ready: bool, stages: dict[str, bool], load) -> api_pb2.HealthResponse:
+    """Readiness per stage and the generator load (None: could not be read)."""
+    return api_pb2.HealthResponse(ready=ready, stages=stages,
+                                  load=engine_load_to_pb(load) if load is not None else None)
+
+
+def info_to_pb(version: str, tasks, limits, context_length: int, load) -> api_pb2.InfoResponse:
+    """What the deployment serves (limits: services.rpc.validation.Limits)."""
+    return api_pb2.InfoResponse(version=version, tasks=list(tasks),
+                                max_prompt_chars=limits.max_prompt_chars,
+                                max_images=limits.max_images,
+                                max_image_bytes=limits.max_image_bytes,
+                                context_length=context_length,
+                                load=engine_load_to_pb(load) if load is not None else None)
+
+
+def list_models_to_pb(models) -> api_pb2.ListModelsResponse:
+    """``models``: (name, checkpoint, vocab_size) tuples, the default first."""
+    return api_pb2.ListModelsResponse(models=[
+        api_pb2.ModelInfo(name=name, checkpoint=str(checkpoint), vocab_size=vocab_size)
+        for name, checkpoint, vocab_size in models])
