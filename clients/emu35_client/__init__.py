@@ -3,7 +3,7 @@ asyncio ``AsyncClient``, typed events and typed exceptions, ``download`` for sto
 
     from emu35_client import Client, ImageReady, TextDelta, download
 
-    with Client("127.0.0.1:50051", api_key="...") as client:
+    with Client("127.0.0.1:9000") as client:
         for event in client.generate("t2i", "a red fox in the snow", size="16:9", seed=7):
             if isinstance(event, TextDelta):
                 print(event.text, end="")
@@ -25,6 +25,7 @@ from .errors import (
     ResourceExhausted,
     Unauthenticated,
     Unavailable,
+    Unimplemented,
 )
 from .types import (
     EngineLoad,
@@ -74,6 +75,7 @@ __all__ = [
     "TextDelta",
     "Unauthenticated",
     "Unavailable",
+    "Unimplemented",
     "Usage",
     "download",
 ]

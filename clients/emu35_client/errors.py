@@ -37,13 +37,13 @@ class ResourceExhausted(Emu35Error):
 
 
 class Unauthenticated(Emu35Error):
-    """No API key, or an unknown one."""
+    """A download answered HTTP 401. Reserved for API keys: the server does not check them yet."""
 
     code = grpc.StatusCode.UNAUTHENTICATED
 
 
 class PermissionDenied(Emu35Error):
-    """The key may not do this (e.g. read another tenant's result)."""
+    """Refused: e.g. an expired presigned URL (HTTP 403)."""
 
     code = grpc.StatusCode.PERMISSION_DENIED
 
@@ -52,6 +52,12 @@ class NotFound(Emu35Error):
     """A named model, job or object does not exist."""
 
     code = grpc.StatusCode.NOT_FOUND
+
+
+class Unimplemented(Emu35Error):
+    """A valid value the server does not serve yet (e.g. ``decode_mode="dida"``)."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
 
 
 class Unavailable(Emu35Error):
@@ -73,7 +79,7 @@ class Cancelled(Emu35Error):
 
 
 class Internal(Emu35Error):
-    """A server bug; the details say where."""
+    """A server fault; the details carry an error id to quote (the cause is in its log)."""
 
     code = grpc.StatusCode.INTERNAL
 
@@ -86,8 +92,8 @@ class IntegrityError(Emu35Error):
 
 _BY_CODE: dict[grpc.StatusCode, type[Emu35Error]] = {
     cls.code: cls for cls in (InvalidArgument, ResourceExhausted, Unauthenticated,
-                              PermissionDenied, NotFound, Unavailable, DeadlineExceeded,
-                              Cancelled, Internal)
+                              PermissionDenied, NotFound, Unimplemented, Unavailable,
+                              DeadlineExceeded, Cancelled, Internal)
 }
 
 
