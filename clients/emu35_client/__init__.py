@@ -13,6 +13,7 @@ asyncio ``AsyncClient``, typed events and typed exceptions, ``download`` for sto
 from .aio import AsyncClient, AsyncEventStream
 from .client import Client, EventStream
 from .download import download
+from .retry import RetryPolicy
 from .errors import (
     Cancelled,
     DeadlineExceeded,
@@ -70,6 +71,7 @@ __all__ = [
     "PermissionDenied",
     "ResourceExhausted",
     "ResultRef",
+    "RetryPolicy",
     "Sampling",
     "ServerInfo",
     "TextDelta",

@@ -14,9 +14,11 @@ class Emu35Error(Exception):
 
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
 
-    def __init__(self, details: str, code: grpc.StatusCode | None = None):
+    def __init__(self, details: str, code: grpc.StatusCode | None = None,
+                 retry_after_s: float | None = None):
         super().__init__(details)
         self.details = details
+        self.retry_after_s = retry_after_s  # the server's hint (``retry-after-ms``), if any
         if code is not None:
             self.code = code
 
@@ -97,9 +99,25 @@ _BY_CODE: dict[grpc.StatusCode, type[Emu35Error]] = {
 }
 
 
+RETRY_AFTER_KEY = "retry-after-ms"  # trailing metadata the server sets with its retry hint
+
+
 def error_from_rpc(error: grpc.RpcError) -> Emu35Error:
     """The typed exception for a failed call (``grpc.RpcError``, sync or aio)."""
     code = error.code() if callable(getattr(error, "code", None)) else None
     code = code or grpc.StatusCode.UNKNOWN
     details = (error.details() if callable(getattr(error, "details", None)) else None) or code.name
-    return _BY_CODE.get(code, Emu35Error)(details, code)
+    return _BY_CODE.get(code, Emu35Error)(details, code, _retry_after_s(error))
+
+
+def _retry_after_s(error: grpc.RpcError) -> float | None:
+    trailing = getattr(error, "trailing_metadata", None)
+    try:
+        md = trailing() if callable(trailing) else None
+        for key, value in md or ():
+            if key == RETRY_AFTER_KEY:
+                ms = int(value)
+                return ms / 1000 if 0 < ms <= 3_600_000 else None
+    except (TypeError, ValueError):
+        pass
+    return None
