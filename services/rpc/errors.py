@@ -71,6 +71,9 @@ class PublicError(Exception):
         super().__init__(status.message)
         self.status = status
 
+    def __reduce__(self):  # Ray sends exceptions between processes by pickle
+        return PublicError, (self.status,)
+
 
 def quote(value: object, limit: int = QUOTE_CHARS) -> str:
     """``repr`` of a short prefix of a bad value: never echo a megabyte back."""

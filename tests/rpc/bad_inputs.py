@@ -85,7 +85,15 @@ def req(task=common_pb2.T2I, prompt="a red fox", images=(), **fields) -> api_pb2
 
 
 def x2i(*images: bytes, **fields) -> api_pb2.GenerateRequest:
+    """An x2i request with a small output (8*8), so one reference image fits any context."""
+    fields.setdefault("size", common_pb2.ImageSize(grid=common_pb2.ImageGrid(h=8, w=8)))
     return req(common_pb2.X2I, "make it blue", images, **fields)
+
+
+def story(*images: bytes) -> api_pb2.GenerateRequest:
+    """A story with references at its smaller area (518,400 pixels: two fit an 8k context)."""
+    return req(common_pb2.STORY, "a story", images, max_new_tokens=100,
+               size=common_pb2.ImageSize(grid=common_pb2.ImageGrid(h=8, w=8)))
 
 
 def size(**kw) -> common_pb2.ImageSize:
@@ -189,7 +197,7 @@ def _cases() -> list[Case]:
     for fmt in ("GIF", "TIFF", "ICO", "PPM", "TGA", "PCX"):
         add(f"{fmt} (unsupported format)", x2i(encoded(16, 16, fmt)), "images[0]")
     add("truncated PNG", x2i(NOISE[:len(NOISE) // 2]), "images[0]")
-    add("truncated PNG second", x2i(GOOD, NOISE[: len(NOISE) - 40]), "images[1]")
+    add("truncated PNG second", story(GOOD, NOISE[: len(NOISE) - 40]), "images[1]")
     add("corrupt PNG", x2i(corrupt(NOISE)), "images[0]")
     add("truncated JPEG", x2i(NOISE_JPEG[:len(NOISE_JPEG) // 2]), "images[0]")
     add("corrupt JPEG", x2i(corrupt(NOISE_JPEG)[:-2]), "images[0]")
@@ -206,7 +214,7 @@ def _cases() -> list[Case]:
     add("image over 20 MB", x2i(GOOD + b"\0" * (20 * MB)), "images[0]", big=True)
     add("bad image on t2i", req(images=[b"nope"]), "images[0]")
     add("three 4096x4096 references over the context",
-        x2i(png_header(4096, 4096), png_header(4096, 4096), png_header(4096, 4096)), "images",
+        req(common_pb2.X2I, "edit", [png_header(4096, 4096)] * 3), "images: ",
         context_below=16700)
     # unknown or mistyped fields, malformed bodies
     add("unknown field 111", raw(req(), b"\xf8\x06\x05"), "request")

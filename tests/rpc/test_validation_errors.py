@@ -76,3 +76,12 @@ def test_status_mapping(exc, code):
     assert "Traceback" not in message
     if code == grpc.StatusCode.INTERNAL:
         assert "boom" not in message  # internals are not leaked
+
+
+def test_public_errors_survive_pickling():
+    """Ray sends a replica's exception to the proxy by pickle."""
+    import pickle
+
+    from services.rpc.errors import PublicError, Status
+    err = PublicError(Status(grpc.StatusCode.RESOURCE_EXHAUSTED, "busy", (("retry-after-ms", "5"),)))
+    assert pickle.loads(pickle.dumps(err)).status == err.status
