@@ -68,10 +68,23 @@ def codes_to_pb(codes: torch.Tensor) -> common_pb2.CodeGrid:
     return common_pb2.CodeGrid(h=h, w=w, codes=codes.flatten().tolist())
 
 
-def codes_from_pb(pb: common_pb2.CodeGrid) -> torch.Tensor:
-    if pb.h <= 0 or pb.w <= 0 or len(pb.codes) != pb.h * pb.w:
-        raise ValueError(f"grid: {len(pb.codes)} codes do not fill {pb.h}x{pb.w}")
-    return torch.tensor(list(pb.codes), dtype=torch.long).view(pb.h, pb.w)
+def codes_from_pb(pb: common_pb2.CodeGrid, codebook_size: int | None = None) -> torch.Tensor:
+    """A CodeGrid's codes as LongTensor [h, w]; RequestError naming ``grid.h``/``grid.w``/
+    ``grid.codes`` when they do not make a grid (or leave the codebook, when its size is
+    given)."""
+    if not (1 <= pb.h <= 1 << 16 and 1 <= pb.w <= 1 << 16):
+        raise RequestError(f"grid.h, grid.w: {pb.h}x{pb.w} is not a grid (each side 1..65536)")
+    if len(pb.codes) != pb.h * pb.w:
+        raise RequestError(f"grid.codes: {len(pb.codes)} codes do not fill {pb.h}x{pb.w} "
+                           f"({pb.h * pb.w} needed)")
+    codes = torch.tensor(list(pb.codes), dtype=torch.long).view(pb.h, pb.w)
+    if codebook_size is not None and len(pb.codes):
+        lo, hi = int(codes.min()), int(codes.max())
+        if lo < 0 or hi >= codebook_size:
+            bad = lo if lo < 0 else hi
+            raise RequestError(f"grid.codes: code {bad} is outside the codebook "
+                               f"[0, {codebook_size})")
+    return codes
 
 
 def usage_to_pb(u: Usage) -> common_pb2.Usage:

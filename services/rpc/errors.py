@@ -82,6 +82,19 @@ def quote(value: object, limit: int = QUOTE_CHARS) -> str:
     return repr(value)
 
 
+# The engine's record names -> the public fields (a message names what the caller sent).
+_PUBLIC_NAMES = (("text.", "text_sampling."), ("image.", "image_sampling."),
+                 ("stop:", "stop_at_image_end:"), ("output_grid:", "size:"))
+
+
+def public_names(message: str) -> str:
+    """A message that starts with an engine field name starts with the public one."""
+    for inner, public in _PUBLIC_NAMES:
+        if message.startswith(inner):
+            return public + message[len(inner):]
+    return message
+
+
 def retry_after_s(exc: BaseException) -> float:
     """The engine's retry hint (``QueueFull.retry_after_s``), or the default."""
     hint = getattr(exc, "retry_after_s", None)
@@ -99,15 +112,17 @@ def status_of(exc: BaseException, request_id: str = "") -> Status:
         return Status(grpc.StatusCode.RESOURCE_EXHAUSTED,
                       f"server busy: {exc}; retry in {wait:.1f} s",
                       ((RETRY_AFTER_KEY, str(max(1, round(wait * 1000)))),))
-    if isinstance(exc, (InvalidArgument, RequestError)):
+    if isinstance(exc, InvalidArgument):
         return Status(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    if isinstance(exc, RequestError):
+        return Status(grpc.StatusCode.INVALID_ARGUMENT, public_names(str(exc)))
     if isinstance(exc, NotFound):
         return Status(grpc.StatusCode.NOT_FOUND, str(exc.args[0]) if exc.args else "not found")
     if isinstance(exc, Unimplemented):
         return Status(grpc.StatusCode.UNIMPLEMENTED, str(exc))
     code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else None
     if code in _PASS_THROUGH:
-        return Status(code, exc.details() or code.name, _retry_trailers(exc))
+        return Status(code, public_names(exc.details() or code.name), _retry_trailers(exc))
     if code in _PLAIN:
         return Status(code, _PLAIN[code])
     if (isinstance(exc, Unavailable) or code == grpc.StatusCode.UNAVAILABLE

@@ -16,9 +16,14 @@ from services.rpc.convert import generator_request_from_pb
 from services.rpc.errors import RETRY_AFTER_KEY, PublicError
 from services.rpc.served import ServedModel, model_name
 
-from .bad_inputs import GOOD, encoded, png_header, req, x2i
+from .bad_inputs import GOOD, encoded, png_header, req
 from .conftest import run
 from .fake_stages import MODEL_NAME
+
+
+def _x2i(*images: bytes, **fields) -> api_pb2.GenerateRequest:
+    """x2i with the output size left to the reference rule (the last reference's grid)."""
+    return req(common_pb2.X2I, "make it blue", images, **fields)
 
 
 def _fails(gateway, pb) -> PublicError:
@@ -99,7 +104,7 @@ def test_reference_images_on_t2i_are_used(gateway):
 
 def test_small_references_are_scaled_up_to_the_task_area(gateway):
     """As the reference does (spec §3.3): a 1x1 image becomes a 64*64 grid at t2i/x2i's area."""
-    run(gateway, x2i(encoded(1, 1), max_new_tokens=5000))
+    run(gateway, _x2i(encoded(1, 1), max_new_tokens=5000))
     assert (gateway.stages.requests[-1].output_grid.h,
             gateway.stages.requests[-1].output_grid.w) == (64, 64)
 
@@ -108,7 +113,7 @@ def test_small_references_are_scaled_up_to_the_task_area(gateway):
 
 def test_context_budget_is_checked_before_encoding(gateway):
     big = png_header(4096, 4096)  # a header only: encoding it would fail, checking it cannot
-    err = _fails(gateway, x2i(big, big, big))
+    err = _fails(gateway, _x2i(big, big, big))
     assert err.status.code == grpc.StatusCode.INVALID_ARGUMENT
     assert err.status.message.startswith("images: ") and "64*64" in err.status.message
     assert gateway.stages.encoded == []
@@ -126,7 +131,7 @@ def test_default_budget_is_lowered_to_the_context_left(gateway):
 
 
 def test_request_id_is_checked_before_any_work(gateway):
-    err = _fails(gateway, x2i(GOOD, request_id=".hidden"))
+    err = _fails(gateway, _x2i(GOOD, request_id=".hidden"))
     assert err.status.message.startswith("request_id: ")
     assert gateway.stages.encoded == []
 
@@ -184,6 +189,6 @@ def test_an_error_finish_is_a_non_ok_status(gateway, caplog):
 def test_encoder_grid_check_matches_the_plan(gateway):
     """The planned grid of every reference is the encoder's (same smart_resize rule)."""
     for w, h in ((1792, 1184), (768, 496), (432, 768), (30, 1000)):
-        run(gateway, x2i(encoded(w, h), max_new_tokens=5000))
+        run(gateway, _x2i(encoded(w, h), max_new_tokens=5000))
         grid = gateway.stages.requests[-1].output_grid
         assert ImageGrid(grid.h, grid.w).num_visual > 0
