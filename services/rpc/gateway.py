@@ -52,7 +52,7 @@ class Gateway:
     limits: Limits = Limits()
     context_length: int = 9216
     tenant: str = DEFAULT_TENANT  # one tenant until authentication maps keys to tenants
-    model: ServedModel | None = None  # None: a model named after nothing; only "" is accepted
+    model: ServedModel | None = None  # None: no name known; only an empty `model` is accepted
 
     @property
     def model_name(self) -> str:
@@ -122,7 +122,10 @@ class Gateway:
         area = TASK_DEFAULTS[checked.task].image_area
         resp = await self.stages.encode(stages_pb2.EncodeRequest(images=checked.images, area=area),
                                         metadata)
-        grids = [codes_from_pb(g) for g in resp.grids]
+        try:
+            grids = [codes_from_pb(g) for g in resp.grids]
+        except RequestError as e:  # the encoder's answer, not the caller's request
+            raise RuntimeError(f"encoder answer: {e}") from None
         got = tuple(ImageGrid(*g.shape) for g in grids)
         if got != budget.reference_grids:
             raise RuntimeError(f"encoder grids {got} differ from the planned "
