@@ -3,7 +3,7 @@ asyncio ``AsyncClient``, typed events and typed exceptions, ``download`` for sto
 
     from emu35_client import Client, ImageReady, TextDelta, download
 
-    with Client("127.0.0.1:50051", api_key="...") as client:
+    with Client("127.0.0.1:9000") as client:
         for event in client.generate("t2i", "a red fox in the snow", size="16:9", seed=7):
             if isinstance(event, TextDelta):
                 print(event.text, end="")
@@ -13,6 +13,7 @@ asyncio ``AsyncClient``, typed events and typed exceptions, ``download`` for sto
 from .aio import AsyncClient, AsyncEventStream
 from .client import Client, EventStream
 from .download import download
+from .retry import RetryPolicy
 from .errors import (
     Cancelled,
     DeadlineExceeded,
@@ -25,6 +26,7 @@ from .errors import (
     ResourceExhausted,
     Unauthenticated,
     Unavailable,
+    Unimplemented,
 )
 from .types import (
     EngineLoad,
@@ -69,11 +71,13 @@ __all__ = [
     "PermissionDenied",
     "ResourceExhausted",
     "ResultRef",
+    "RetryPolicy",
     "Sampling",
     "ServerInfo",
     "TextDelta",
     "Unauthenticated",
     "Unavailable",
+    "Unimplemented",
     "Usage",
     "download",
 ]

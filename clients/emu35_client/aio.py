@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import suppress
 from typing import Any
 
@@ -13,6 +13,7 @@ from . import convert
 from .channel import DEFAULT_APPLICATION, Connection, Credentials
 from .convert import ImageInput, SizeInput
 from .errors import error_from_rpc
+from .retry import RetryPolicy, as_policy
 from .types import Event, Guidance, Health, ModelInfo, Sampling, ServerInfo
 
 
@@ -22,12 +23,16 @@ class AsyncEventStream(AsyncIterator[Event]):
     ``await aclose()`` / ``cancel()`` (or leaving an ``async with`` block) cancels the RPC and
     ends iteration quietly; cancelling the task that awaits the next event cancels the RPC too
     (and the task sees ``asyncio.CancelledError``). A failed call raises its typed
-    ``Emu35Error``.
+    ``Emu35Error``. With a retry policy, a call that fails with UNAVAILABLE or
+    RESOURCE_EXHAUSTED before its first event is started again.
     """
 
-    def __init__(self, call: grpc.aio.UnaryStreamCall):
+    def __init__(self, call: grpc.aio.UnaryStreamCall,
+                 restart: Callable[[], grpc.aio.UnaryStreamCall] | None = None,
+                 policy: RetryPolicy = RetryPolicy()):
         self._call = call
         self._closed = False
+        self._restart, self._policy, self._retried, self._started = restart, policy, 0, False
         self.request_id = ""  # the server's id for the request, known from the first event
 
     def __aiter__(self) -> AsyncEventStream:
@@ -47,9 +52,17 @@ class AsyncEventStream(AsyncIterator[Event]):
             except grpc.RpcError as e:
                 if self._closed:
                     break
-                raise error_from_rpc(e) from None
+                error = error_from_rpc(e)
+                if self._started or self._restart is None or not self._policy.should_retry(
+                        error, self._retried):
+                    raise error from None
+                await asyncio.sleep(self._policy.delay(error, self._retried))
+                self._retried += 1
+                self._call = self._restart()
+                continue
             if pb is grpc.aio.EOF:
                 break
+            self._started = True
             self.request_id = pb.request_id or self.request_id
             event = convert.event_from_pb(pb)
             if event is not None:
@@ -94,7 +107,9 @@ class AsyncClient:
     def __init__(self, target: str, api_key: str | None = None, tls: Credentials = False,
                  default_timeout: float | None = None,
                  options: Sequence[tuple[str, Any]] = (),
-                 application: str | None = DEFAULT_APPLICATION):
+                 application: str | None = DEFAULT_APPLICATION,
+                 retries: int | RetryPolicy = 0):
+        self._retry = as_policy(retries)
         self._conn = Connection(target, api_key, tls, default_timeout, tuple(options), application)
         self._channel = self._conn.open_channel(grpc.aio)
         self._stub = api_pb2_grpc.Emu35Stub(self._channel)
@@ -107,6 +122,7 @@ class AsyncClient:
         max_new_tokens: int | None = None, stop_at_image_end: bool = False,
         request_id: str | None = None, decode_mode: str | None = None, model: str | None = None,
         timeout: float | None = None, traceparent: str | None = None,
+        retries: int | RetryPolicy = 0,
     ) -> AsyncEventStream:
         """Start a generation (not awaited: ``async for`` the result). Arguments as
         ``Client.generate``; bad ones raise ``InvalidArgument`` here, before any RPC."""
@@ -115,9 +131,12 @@ class AsyncClient:
             image_sampling=image_sampling, cfg=cfg, seed=seed, max_new_tokens=max_new_tokens,
             stop_at_image_end=stop_at_image_end, request_id=request_id,
             decode_mode=decode_mode, model=model)
-        call = self._stub.Generate(request, timeout=self._conn.timeout(timeout),
-                                   metadata=self._conn.metadata(traceparent))
-        return AsyncEventStream(call)
+        policy = as_policy(retries)
+        deadline, metadata = self._conn.timeout(timeout), self._conn.metadata(traceparent)
+
+        def start() -> grpc.aio.UnaryStreamCall:
+            return self._stub.Generate(request, timeout=deadline, metadata=metadata)
+        return AsyncEventStream(start(), start, policy)
 
     async def health(self, *, timeout: float | None = None,
                      traceparent: str | None = None) -> Health:
@@ -139,11 +158,17 @@ class AsyncClient:
         return convert.models_from_pb(pb)
 
     async def _unary(self, method, request, timeout: float | None, traceparent: str | None):
-        try:
-            return await method(request, timeout=self._conn.timeout(timeout),
-                                metadata=self._conn.metadata(traceparent))
-        except grpc.RpcError as e:
-            raise error_from_rpc(e) from None
+        deadline, metadata = self._conn.timeout(timeout), self._conn.metadata(traceparent)
+        attempt = 0
+        while True:
+            try:
+                return await method(request, timeout=deadline, metadata=metadata)
+            except grpc.RpcError as e:
+                error = error_from_rpc(e)
+            if not self._retry.should_retry(error, attempt):
+                raise error
+            await asyncio.sleep(self._retry.delay(error, attempt))
+            attempt += 1
 
     async def close(self) -> None:
         """Close the channel; running streams are cancelled."""

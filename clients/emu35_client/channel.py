@@ -16,6 +16,8 @@ _TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}(-[
 _API_KEY = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces: a valid metadata value
 
 
+DEFAULT_PORT = 9000  # emu35 serve's default gRPC port; a target without a port gets it
+
 # Ray Serve's gRPC proxy picks the application from this metadata key; emu35-serve's public
 # service is the gateway application. None sends no key (a plain gRPC server or an ingress).
 DEFAULT_APPLICATION = "emu35-gateway"
@@ -33,8 +35,7 @@ class Connection:
     application: str | None = DEFAULT_APPLICATION
 
     def __post_init__(self):
-        if not isinstance(self.target, str) or not self.target:
-            raise InvalidArgument(f"target: expected 'host:port', got {self.target!r}")
+        object.__setattr__(self, "target", with_port(self.target))
         if self.api_key is not None and not (isinstance(self.api_key, str)
                                              and _API_KEY.fullmatch(self.api_key)):
             raise InvalidArgument("api_key: must be printable ASCII without spaces")
@@ -66,6 +67,24 @@ class Connection:
         """The call's deadline in seconds: its own ``timeout``, else ``default_timeout``."""
         check_timeout(timeout, "timeout")
         return self.default_timeout if timeout is None else timeout
+
+
+def with_port(target: str) -> str:
+    """``target`` with the default port (9000) when it names none: gRPC would quietly use 443.
+    Targets with a scheme (``dns:///h:p``, ``unix:/path``) are passed on as given."""
+    if not isinstance(target, str) or not target.strip() or any(c.isspace() for c in target):
+        raise InvalidArgument(f"target: expected 'host:port' or 'host', got {target!r}")
+    if "://" in target or target.startswith(("unix:", "unix-abstract:", "vsock:", "ipv4:",
+                                             "ipv6:")):
+        return target
+    host, sep, port = target.rpartition(":")
+    if target.startswith("[") and target.endswith("]"):  # "[::1]": IPv6 without a port
+        return f"{target}:{DEFAULT_PORT}"
+    if not sep or (host.count(":") and not host.endswith("]")):  # "host" or a bare IPv6
+        return f"[{target}]:{DEFAULT_PORT}" if ":" in target else f"{target}:{DEFAULT_PORT}"
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidArgument(f"target: {target!r} needs a port in 1..65535 after the ':'")
+    return target
 
 
 def check_timeout(value: float | None, name: str) -> None:

@@ -1,9 +1,10 @@
 """The ``emu35-client`` command.
 
-  emu35-client generate --target HOST:PORT --task T --prompt TEXT [--image PATH ...]
+  emu35-client generate --target HOST[:PORT] --task T --prompt TEXT [--image PATH ...]
                         [--aspect A | --size S] [--seed N] [--cfg S] [--max-new-tokens N]
                         [--api-key K] [--timeout S] [--tls] --out DIR
-  emu35-client health|info|models --target HOST:PORT [--api-key K] [--timeout S] [--tls]
+  emu35-client health|info|models --target HOST[:PORT] [--api-key K] [--timeout S] [--tls]
+  emu35-client --version | --help
 
 ``generate`` streams the answer text to stdout as it is written (reasoning channels such as
 ``global_cot`` go into the summary instead) and image progress (token rows) to stderr, saves
@@ -14,6 +15,7 @@ each image as OUT/NN.png (SHA-256 checked) and ends stdout with a one-line JSON 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -21,12 +23,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TextIO
 
+from . import __version__
+from .channel import DEFAULT_PORT
 from .client import Client
 from .download import download
 from .errors import Emu35Error, Internal, InvalidArgument
 from .types import Finished, ImageProgress, ImageReady, ImageStarted, TextDelta
 
 PROG = "emu35-client"
+TASKS = ("t2i", "x2i", "howto", "story", "explore", "vla")
 DOWNLOAD_TIMEOUT = 60.0
 
 
@@ -110,10 +115,21 @@ def _client(args) -> Client:
 
 def _cmd_generate(args, stdout: TextIO, stderr: TextIO) -> int:
     out_dir = Path(args.out)
+    created = not out_dir.exists()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise InvalidArgument(f"--out: cannot create {out_dir}: {e.strerror or e}") from None
+    try:
+        return _generate(args, out_dir, stdout, stderr)
+    except BaseException:
+        if created:  # a failed call leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()
+        raise
+
+
+def _generate(args, out_dir: Path, stdout: TextIO, stderr: TextIO) -> int:
     gen = _Generation(out_dir, stdout, stderr, args.timeout or DOWNLOAD_TIMEOUT)
     with _client(args) as client:
         stream = client.generate(args.task, args.prompt, images=args.image,
@@ -159,41 +175,119 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{PROG}: error: INVALID_ARGUMENT: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Client for the emu35-serve gRPC API")
-    sub = parser.add_subparsers(dest="command", required=True)
-    conn = argparse.ArgumentParser(add_help=False)
-    conn.add_argument("--target", required=True, help="gateway address, host:port")
-    conn.add_argument("--api-key", default=os.environ.get("EMU35_API_KEY"),
-                      help="API key (default: $EMU35_API_KEY)")
-    conn.add_argument("--timeout", type=float, help="deadline in seconds for the call")
-    conn.add_argument("--tls", action="store_true", help="TLS with the system's root CAs")
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and examples kept as written; a default that a help text does not state
+    already is shown after it."""
 
-    gen = sub.add_parser("generate", parents=[conn], help="generate text and images")
-    gen.add_argument("--task", required=True, help="t2i, x2i, howto, story, explore or vla")
-    gen.add_argument("--prompt", required=True)
-    gen.add_argument("--image", action="append", default=[], help="reference image (repeat)")
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" not in text and action.default not in (None, False, [], argparse.SUPPRESS):
+            text += f" (default: {action.default})"
+        return text
+
+
+EXAMPLES = f"""examples:
+  {PROG} health --target 127.0.0.1:9000
+  {PROG} generate --target 127.0.0.1 --task t2i --prompt "a red fox" --aspect 16:9 --out fox
+  {PROG} generate --target gpu-host:9000 --task x2i --prompt "make it night" \\
+      --image day.png --seed 7 --out night
+
+A --target without a port uses {DEFAULT_PORT}, the port `emu35 serve` listens on by default.
+Errors are one line on stderr, "{PROG}: error: CODE: details", with exit status 2."""
+
+GENERATE_HELP = """Generate text and images. The answer text streams to stdout, a progress bar per
+image (token rows) to stderr; each image is saved as OUT/NN.png (SHA-256 checked); stdout ends
+with a one-line JSON summary (request_id, reason, seed, usage, images, channels, story,
+manifest)."""
+
+# Public field (or client argument) named by an error -> the flag a CLI user typed.
+_FLAGS = (("guidance.scale", "--cfg"), ("cfg.scale", "--cfg"), ("cfg", "--cfg"),
+          ("max_new_tokens", "--max-new-tokens"), ("images[", "--image"), ("images", "--image"),
+          ("prompt", "--prompt"), ("task", "--task"), ("seed", "--seed"),
+          ("target", "--target"), ("timeout", "--timeout"), ("default_timeout", "--timeout"),
+          ("api_key", "--api-key"))
+
+
+def _connection_options() -> argparse.ArgumentParser:
+    conn = argparse.ArgumentParser(add_help=False)
+    conn.add_argument("--target", required=True, metavar="HOST[:PORT]",
+                      help=f"the server's gRPC address (port {DEFAULT_PORT} when left out)")
+    conn.add_argument("--api-key", default=os.environ.get("EMU35_API_KEY"),
+                      help="API key sent as 'authorization: Bearer KEY' (default: "
+                           "$EMU35_API_KEY; the server does not check keys yet)")
+    conn.add_argument("--timeout", type=float, metavar="SECONDS",
+                      help="deadline of the call (and of each image download); none if unset")
+    conn.add_argument("--tls", action="store_true", help="TLS with the system's root CAs")
+    return conn
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, formatter_class=_Formatter, epilog=EXAMPLES,
+                     description="Client for the emu35-serve gRPC API (emu35.v1.Emu35).")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    conn = _connection_options()
+    gen = sub.add_parser("generate", parents=[conn], formatter_class=_Formatter,
+                         help="generate text and images", description=GENERATE_HELP,
+                         epilog=EXAMPLES)
+    gen.add_argument("--task", required=True, choices=TASKS, metavar="TASK",
+                     help="one of " + ", ".join(TASKS))
+    gen.add_argument("--prompt", required=True, help="the request text (required)")
+    gen.add_argument("--image", action="append", default=[], metavar="PATH",
+                     help="a reference image, PNG/JPEG/WEBP/BMP (repeat for several; x2i needs "
+                          "1-3, the other tasks take 0-3)")
     size = gen.add_mutually_exclusive_group()
-    size.add_argument("--aspect", help="auto or a preset: 1:1, 4:3 (default), 16:9, 21:9, ...")
-    size.add_argument("--size", help="h*w tokens or HxW pixels (multiples of 16)")
-    gen.add_argument("--seed", type=int)
-    gen.add_argument("--cfg", type=float, help="guidance scale")
-    gen.add_argument("--max-new-tokens", type=int)
-    gen.add_argument("--out", required=True, help="directory for the images (NN.png)")
+    size.add_argument("--aspect", help="auto or a preset: 1:1, 4:3 (= default), 16:9, 21:9, 3:2, "
+                                       "3:4, 9:16, 2:3 (default: the task's rule)")
+    size.add_argument("--size", help="h*w tokens or HxW pixels, multiples of 16 (default: the "
+                                     "task's rule)")
+    gen.add_argument("--seed", type=int, help="sampling seed (default: drawn by the server and "
+                                              "reported in the summary)")
+    gen.add_argument("--cfg", type=float, metavar="SCALE",
+                     help="classifier-free guidance scale (default: the task's, t2i 5, others 3)")
+    gen.add_argument("--max-new-tokens", type=int, metavar="N",
+                     help="token budget (default: the task's, within the model context)")
+    gen.add_argument("--out", required=True, metavar="DIR",
+                     help="folder for the images (NN.png); created if missing")
     gen.set_defaults(func=_cmd_generate)
-    for name, func, text in (("health", _cmd_health, "readiness of the gateway and stages"),
-                             ("info", _cmd_info, "version, tasks and limits"),
-                             ("models", _cmd_models, "the served models")):
-        sub.add_parser(name, parents=[conn], help=text).set_defaults(func=func)
+    for name, func, text in (("health", _cmd_health, "readiness of the gateway and stages "
+                                                     "(JSON; exit 1 when not ready)"),
+                             ("info", _cmd_info, "version, tasks and request limits (JSON)"),
+                             ("models", _cmd_models, "the served models (JSON)")):
+        sub.add_parser(name, parents=[conn], help=text, description=text,
+                       formatter_class=_Formatter).set_defaults(func=func)
     return parser
 
 
+def _with_flag(error: Emu35Error) -> Emu35Error:
+    """A message naming a request field names the CLI flag instead (``--cfg: ...``)."""
+    details = error.details
+    for field, flag in _FLAGS:
+        if details.startswith(field):
+            rest = details[len(field):]
+            if field.endswith("["):  # images[1]: ... -> --image #2: ...
+                index, _, rest = rest.partition("]")
+                if index.isdigit():
+                    rest = f" #{int(index) + 1}{rest}"
+            if rest[:1] in (":", " "):
+                error.details = f"{flag}{rest}"
+            break
+    else:
+        if details.startswith("size"):
+            error.details = "--size/--aspect" + details[len("size"):]
+    return error
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # no command: the usage, not an error from a server
+        parser.print_help(sys.stderr)
+        return 2
     try:
         return args.func(args, sys.stdout, sys.stderr)
     except Emu35Error as e:
-        sys.stderr.write(f"{PROG}: error: {e}\n")
+        sys.stderr.write(f"{PROG}: error: {_with_flag(e)}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write(f"\n{PROG}: error: CANCELLED: interrupted\n")

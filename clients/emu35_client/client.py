@@ -1,7 +1,8 @@
 """The synchronous client: ``Client(target).generate(...)`` yields typed events as they happen."""
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import suppress
 from typing import Any
 
@@ -12,6 +13,7 @@ from . import convert
 from .channel import DEFAULT_APPLICATION, Connection, Credentials
 from .convert import ImageInput, SizeInput
 from .errors import error_from_rpc
+from .retry import RetryPolicy, as_policy
 from .types import Event, Guidance, Health, ModelInfo, Sampling, ServerInfo
 
 
@@ -20,12 +22,15 @@ class EventStream(Iterator[Event]):
 
     ``close()`` (or leaving a ``with`` block, or dropping the stream after ``break``) cancels
     the RPC, so the server stops generating; iteration then ends quietly. A failed call raises
-    its typed ``Emu35Error`` from ``next()``.
+    its typed ``Emu35Error`` from ``next()``. With a retry policy, a call that fails with
+    UNAVAILABLE or RESOURCE_EXHAUSTED before its first event is started again.
     """
 
-    def __init__(self, call: grpc.Call):
+    def __init__(self, call: grpc.Call, restart: Callable[[], grpc.Call] | None = None,
+                 policy: RetryPolicy = RetryPolicy()):
         self._call = call
         self._closed = False
+        self._restart, self._policy, self._retried, self._started = restart, policy, 0, False
         self.request_id = ""  # the server's id for the request, known from the first event
 
     def __iter__(self) -> EventStream:
@@ -38,7 +43,15 @@ class EventStream(Iterator[Event]):
             except grpc.RpcError as e:
                 if self._closed:
                     break
-                raise error_from_rpc(e) from None
+                error = error_from_rpc(e)
+                if self._started or self._restart is None or not self._policy.should_retry(
+                        error, self._retried):
+                    raise error from None
+                time.sleep(self._policy.delay(error, self._retried))
+                self._retried += 1
+                self._call = self._restart()
+                continue
+            self._started = True
             self.request_id = pb.request_id or self.request_id
             event = convert.event_from_pb(pb)
             if event is not None:
@@ -70,13 +83,17 @@ class Client:
     ``target``: "host:port". ``api_key``: sent as ``authorization: Bearer <key>`` on every call.
     ``tls``: False (plaintext), True (system roots) or ``grpc.ChannelCredentials``.
     ``default_timeout``: deadline in seconds for calls that give no ``timeout`` (None: none).
-    Use as a context manager, or call ``close()``.
+    ``retries``: how many times Health, Info and ListModels are repeated after UNAVAILABLE or
+    RESOURCE_EXHAUSTED, with exponential backoff honouring the server's retry hint (default 0;
+    an int or a ``RetryPolicy``). Use as a context manager, or call ``close()``.
     """
 
     def __init__(self, target: str, api_key: str | None = None, tls: Credentials = False,
                  default_timeout: float | None = None,
                  options: Sequence[tuple[str, Any]] = (),
-                 application: str | None = DEFAULT_APPLICATION):
+                 application: str | None = DEFAULT_APPLICATION,
+                 retries: int | RetryPolicy = 0):
+        self._retry = as_policy(retries)
         self._conn = Connection(target, api_key, tls, default_timeout, tuple(options), application)
         self._channel = self._conn.open_channel(grpc)
         self._stub = api_pb2_grpc.Emu35Stub(self._channel)
@@ -89,6 +106,7 @@ class Client:
         max_new_tokens: int | None = None, stop_at_image_end: bool = False,
         request_id: str | None = None, decode_mode: str | None = None, model: str | None = None,
         timeout: float | None = None, traceparent: str | None = None,
+        retries: int | RetryPolicy = 0,
     ) -> EventStream:
         """Start a generation; iterate the returned stream for its events.
 
@@ -98,7 +116,9 @@ class Client:
         ``Sampling`` or a dict of top_k / top_p / temperature. cfg: guidance scale, or
         ``Guidance``. seed: None lets the server pick (reported in Finished). decode_mode:
         "ar" or "dida". model: a name from ``list_models()``. timeout: the RPC's deadline in
-        seconds, for the whole stream. traceparent: W3C trace context to join.
+        seconds, for the whole stream (each retry gets its own). traceparent: W3C trace
+        context to join. retries: opt in to starting the call again (up to this many times, with
+        backoff) when it fails with UNAVAILABLE or RESOURCE_EXHAUSTED before its first event.
         Bad arguments raise ``InvalidArgument`` here, before any RPC.
         """
         request = convert.generate_request(
@@ -106,9 +126,12 @@ class Client:
             image_sampling=image_sampling, cfg=cfg, seed=seed, max_new_tokens=max_new_tokens,
             stop_at_image_end=stop_at_image_end, request_id=request_id,
             decode_mode=decode_mode, model=model)
-        call = self._stub.Generate(request, timeout=self._conn.timeout(timeout),
-                                   metadata=self._conn.metadata(traceparent))
-        return EventStream(call)
+        policy = as_policy(retries)
+        deadline, metadata = self._conn.timeout(timeout), self._conn.metadata(traceparent)
+
+        def start() -> grpc.Call:
+            return self._stub.Generate(request, timeout=deadline, metadata=metadata)
+        return EventStream(start(), start, policy)
 
     def health(self, *, timeout: float | None = None, traceparent: str | None = None) -> Health:
         """Readiness of the gateway and each stage."""
@@ -128,11 +151,17 @@ class Client:
         return convert.models_from_pb(pb)
 
     def _unary(self, method, request, timeout: float | None, traceparent: str | None):
-        try:
-            return method(request, timeout=self._conn.timeout(timeout),
-                          metadata=self._conn.metadata(traceparent))
-        except grpc.RpcError as e:
-            raise error_from_rpc(e) from None
+        deadline, metadata = self._conn.timeout(timeout), self._conn.metadata(traceparent)
+        attempt = 0
+        while True:
+            try:
+                return method(request, timeout=deadline, metadata=metadata)
+            except grpc.RpcError as e:
+                error = error_from_rpc(e)
+            if not self._retry.should_retry(error, attempt):
+                raise error
+            time.sleep(self._retry.delay(error, attempt))
+            attempt += 1
 
     def close(self) -> None:
         """Close the channel; running streams are cancelled."""

@@ -4,6 +4,7 @@ raises ``InvalidArgument`` naming the argument; limits that depend on the deploy
 length, image bytes) are the server's to check."""
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -33,13 +34,16 @@ from .types import (
 ImageInput = str | os.PathLike | bytes | bytearray | memoryview
 SizeInput = str | Sequence[int]
 
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# The server's rule (api.proto GenerateRequest.request_id), checked here before the RPC.
+REQUEST_ID_RULE = "1-64 characters of [A-Za-z0-9_-], the first a letter or digit"
+_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _PRESET = re.compile(r"\d+:\d+|default")
 _TOKENS = re.compile(r"(\d+)\*(\d+)")   # "h*w" tokens
 _PIXELS = re.compile(r"(\d+)x(\d+)")    # "HxW" pixels, 16 per token
 _GRID_MAX = 256
+# Every mode the API names; the server serves "ar" only (the others: Unimplemented).
 _DECODE_MODES = {"ar": api_pb2.AUTOREGRESSIVE, "autoregressive": api_pb2.AUTOREGRESSIVE,
-                 "dida": api_pb2.DIDA}
+                 "dida": api_pb2.DIDA, "flashar": api_pb2.FLASHAR}
 
 
 def generate_request(
@@ -70,7 +74,8 @@ def generate_request(
         req.max_new_tokens = _int(max_new_tokens, "max_new_tokens", 1, 2**31 - 1)
     if request_id is not None:
         if not isinstance(request_id, str) or not _REQUEST_ID.fullmatch(request_id):
-            raise InvalidArgument(f"request_id: {request_id!r} must be 1-64 of [A-Za-z0-9._-]")
+            raise InvalidArgument(f"request_id: {_quote(request_id)} is invalid; use "
+                                  f"{REQUEST_ID_RULE}")
         req.request_id = request_id
     if decode_mode is not None:
         req.decode_mode = _named(decode_mode, _DECODE_MODES, "decode_mode")
@@ -126,19 +131,19 @@ def size_to_pb(size: SizeInput) -> common_pb2.ImageSize:
         if m := _PIXELS.fullmatch(text):
             h, w = int(m[1]), int(m[2])
             if h % 16 or w % 16:
-                raise InvalidArgument(f"size: {size!r} pixels must be multiples of 16 (one token)")
+                raise InvalidArgument(f"size: {_quote(size)} pixels must be multiples of 16 (one token)")
             return _grid(h // 16, w // 16, size)
-        raise InvalidArgument(f"size: {size!r} is not 'auto', a preset like '16:9', 'h*w' tokens "
+        raise InvalidArgument(f"size: {_quote(size)} is not 'auto', a preset like '16:9', 'h*w' tokens "
                               "or 'HxW' pixels")
     if (isinstance(size, Sequence) and len(size) == 2
             and all(isinstance(v, int) and not isinstance(v, bool) for v in size)):
         return _grid(size[0], size[1], size)
-    raise InvalidArgument(f"size: expected a str or an (h, w) pair of ints, got {size!r}")
+    raise InvalidArgument(f"size: expected a str or an (h, w) pair of ints, got {_quote(size)}")
 
 
 def _grid(h: int, w: int, given: object) -> common_pb2.ImageSize:
     if not (1 <= h <= _GRID_MAX and 1 <= w <= _GRID_MAX):
-        raise InvalidArgument(f"size: {given!r} gives {h}x{w} tokens; each side must be "
+        raise InvalidArgument(f"size: {_quote(given)} gives {h}x{w} tokens; each side must be "
                               f"1..{_GRID_MAX}")
     return common_pb2.ImageSize(grid=common_pb2.ImageGrid(h=h, w=w))
 
@@ -185,13 +190,21 @@ def _fields(value: object, keys: tuple[str, ...], name: str) -> dict[str, Any]:
 def _named(value: object, names: Mapping[str, int], field_name: str) -> int:
     key = value.strip().lower() if isinstance(value, str) else None
     if key not in names:
-        raise InvalidArgument(f"{field_name}: unknown value {value!r}; one of {', '.join(names)}")
+        raise InvalidArgument(f"{field_name}: unknown value {_quote(value)}; one of "
+                              f"{', '.join(names)}")
     return names[key]
+
+
+def _quote(value: object, limit: int = 40) -> str:
+    """``repr`` of at most a short prefix of a bad value."""
+    if isinstance(value, (str, bytes)) and len(value) > limit:
+        return f"{value[:limit]!r}... ({len(value)} long)"
+    return repr(value)
 
 
 def _int(value: object, name: str, lo: int, hi: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
-        raise InvalidArgument(f"{name}: expected an int, got {value!r}")
+        raise InvalidArgument(f"{name}: expected an int, got {_quote(value)}")
     if not lo <= value <= hi:
         raise InvalidArgument(f"{name}: {value} is out of range [{lo}, {hi}]")
     return value
@@ -199,7 +212,9 @@ def _int(value: object, name: str, lo: int, hi: int) -> int:
 
 def _float(value: object, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidArgument(f"{name}: expected a number, got {value!r}")
+        raise InvalidArgument(f"{name}: expected a number, got {_quote(value)}")
+    if not math.isfinite(value):
+        raise InvalidArgument(f"{name}: expected a finite number, got {value!r}")
     return float(value)
 
 

@@ -47,6 +47,7 @@ def download(ref: ResultRef, dest_path: str | os.PathLike, timeout: float = 60.0
             with os.fdopen(fd, "wb") as out:
                 digest, size = _copy(src, out, ref)
             _verify(ref, digest, size)
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 -> what open() would give
             os.replace(tmp, dest)
         except BaseException as e:
             Path(tmp).unlink(missing_ok=True)
@@ -54,6 +55,20 @@ def download(ref: ResultRef, dest_path: str | os.PathLike, timeout: float = 60.0
                 raise Emu35Error(f"{dest}: cannot write: {e.strerror or e}") from None
             raise
     return dest
+
+
+def _umask() -> int:
+    """The process umask (read from /proc where possible: setting it is process-wide)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _open(ref: ResultRef, timeout: float) -> BinaryIO:

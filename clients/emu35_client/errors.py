@@ -14,9 +14,11 @@ class Emu35Error(Exception):
 
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
 
-    def __init__(self, details: str, code: grpc.StatusCode | None = None):
+    def __init__(self, details: str, code: grpc.StatusCode | None = None,
+                 retry_after_s: float | None = None):
         super().__init__(details)
         self.details = details
+        self.retry_after_s = retry_after_s  # the server's hint (``retry-after-ms``), if any
         if code is not None:
             self.code = code
 
@@ -37,13 +39,13 @@ class ResourceExhausted(Emu35Error):
 
 
 class Unauthenticated(Emu35Error):
-    """No API key, or an unknown one."""
+    """A download answered HTTP 401. Reserved for API keys: the server does not check them yet."""
 
     code = grpc.StatusCode.UNAUTHENTICATED
 
 
 class PermissionDenied(Emu35Error):
-    """The key may not do this (e.g. read another tenant's result)."""
+    """Refused: e.g. an expired presigned URL (HTTP 403)."""
 
     code = grpc.StatusCode.PERMISSION_DENIED
 
@@ -52,6 +54,12 @@ class NotFound(Emu35Error):
     """A named model, job or object does not exist."""
 
     code = grpc.StatusCode.NOT_FOUND
+
+
+class Unimplemented(Emu35Error):
+    """A valid value the server does not serve yet (e.g. ``decode_mode="dida"``)."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
 
 
 class Unavailable(Emu35Error):
@@ -73,7 +81,7 @@ class Cancelled(Emu35Error):
 
 
 class Internal(Emu35Error):
-    """A server bug; the details say where."""
+    """A server fault; the details carry an error id to quote (the cause is in its log)."""
 
     code = grpc.StatusCode.INTERNAL
 
@@ -86,9 +94,12 @@ class IntegrityError(Emu35Error):
 
 _BY_CODE: dict[grpc.StatusCode, type[Emu35Error]] = {
     cls.code: cls for cls in (InvalidArgument, ResourceExhausted, Unauthenticated,
-                              PermissionDenied, NotFound, Unavailable, DeadlineExceeded,
-                              Cancelled, Internal)
+                              PermissionDenied, NotFound, Unimplemented, Unavailable,
+                              DeadlineExceeded, Cancelled, Internal)
 }
+
+
+RETRY_AFTER_KEY = "retry-after-ms"  # trailing metadata the server sets with its retry hint
 
 
 def error_from_rpc(error: grpc.RpcError) -> Emu35Error:
@@ -96,4 +107,17 @@ def error_from_rpc(error: grpc.RpcError) -> Emu35Error:
     code = error.code() if callable(getattr(error, "code", None)) else None
     code = code or grpc.StatusCode.UNKNOWN
     details = (error.details() if callable(getattr(error, "details", None)) else None) or code.name
-    return _BY_CODE.get(code, Emu35Error)(details, code)
+    return _BY_CODE.get(code, Emu35Error)(details, code, _retry_after_s(error))
+
+
+def _retry_after_s(error: grpc.RpcError) -> float | None:
+    trailing = getattr(error, "trailing_metadata", None)
+    try:
+        md = trailing() if callable(trailing) else None
+        for key, value in md or ():
+            if key == RETRY_AFTER_KEY:
+                ms = int(value)
+                return ms / 1000 if 0 < ms <= 3_600_000 else None
+    except (TypeError, ValueError):
+        pass
+    return None

@@ -7,9 +7,9 @@ from emu35_proto.v1 import api_pb2, common_pb2, stages_pb2
 from services.engine.events import (Finished, ImageComplete, ImageProgress, ImageStarted,
                                     TextDelta, Usage)
 from services.engine.request import (GenerationRequest, Guidance, GuidanceMode,
-                                     SamplingParams, StopRule)
+                                     RequestError, SamplingParams, StopRule)
 from services.model.image_tokens import ImageGrid
-from services.model.templates import Task
+from services.model.templates import TASK_DEFAULTS, Task
 
 TASKS = {common_pb2.T2I: Task.T2I, common_pb2.X2I: Task.X2I, common_pb2.HOWTO: Task.HOWTO,
          common_pb2.STORY: Task.STORY, common_pb2.EXPLORE: Task.EXPLORE, common_pb2.VLA: Task.VLA}
@@ -39,15 +39,52 @@ def sampling_from_pb(pb: common_pb2.SamplingParams, default: SamplingParams) -> 
         temperature=pb.temperature if pb.HasField("temperature") else default.temperature)
 
 
+def text_sampling_from_pb(pb: common_pb2.SamplingParams, task: Task) -> SamplingParams:
+    """Text sampling: the caller's fields over the task's defaults (spec §6.1)."""
+    d = TASK_DEFAULTS[task]
+    return sampling_from_pb(pb, SamplingParams(d.text_top_k, d.text_top_p, d.text_temperature))
+
+
+def image_sampling_from_pb(pb: common_pb2.SamplingParams, task: Task) -> SamplingParams:
+    """Visual sampling: the caller's fields over the task's defaults (spec §6.1)."""
+    d = TASK_DEFAULTS[task]
+    return sampling_from_pb(pb, SamplingParams(d.image_top_k, d.image_top_p, d.image_temperature))
+
+
+def guidance_from_pb(pb: common_pb2.Guidance, task: Task) -> Guidance:
+    """The one conversion of Guidance: an unset scale is the task's CFG default (t2i 5,
+    others 3), an unset image_scale 1.0, an unset mode NO_TEXT."""
+    return Guidance(MODES[pb.mode],
+                    pb.scale if pb.HasField("scale") else TASK_DEFAULTS[task].cfg_scale,
+                    pb.image_scale if pb.HasField("image_scale") else 1.0)
+
+
+def guidance_to_pb(g: Guidance) -> common_pb2.Guidance:
+    return common_pb2.Guidance(mode=MODE_PB[g.mode], scale=g.scale, image_scale=g.image_scale)
+
+
 def codes_to_pb(codes: torch.Tensor) -> common_pb2.CodeGrid:
     h, w = codes.shape
     return common_pb2.CodeGrid(h=h, w=w, codes=codes.flatten().tolist())
 
 
-def codes_from_pb(pb: common_pb2.CodeGrid) -> torch.Tensor:
-    if pb.h <= 0 or pb.w <= 0 or len(pb.codes) != pb.h * pb.w:
-        raise ValueError(f"grid: {len(pb.codes)} codes do not fill {pb.h}x{pb.w}")
-    return torch.tensor(list(pb.codes), dtype=torch.long).view(pb.h, pb.w)
+def codes_from_pb(pb: common_pb2.CodeGrid, codebook_size: int | None = None) -> torch.Tensor:
+    """A CodeGrid's codes as LongTensor [h, w]; RequestError naming ``grid.h``/``grid.w``/
+    ``grid.codes`` when they do not make a grid (or leave the codebook, when its size is
+    given)."""
+    if not (1 <= pb.h <= 1 << 16 and 1 <= pb.w <= 1 << 16):
+        raise RequestError(f"grid.h, grid.w: {pb.h}x{pb.w} is not a grid (each side 1..65536)")
+    if len(pb.codes) != pb.h * pb.w:
+        raise RequestError(f"grid.codes: {len(pb.codes)} codes do not fill {pb.h}x{pb.w} "
+                           f"({pb.h * pb.w} needed)")
+    codes = torch.tensor(list(pb.codes), dtype=torch.long).view(pb.h, pb.w)
+    if codebook_size is not None and len(pb.codes):
+        lo, hi = int(codes.min()), int(codes.max())
+        if lo < 0 or hi >= codebook_size:
+            bad = lo if lo < 0 else hi
+            raise RequestError(f"grid.codes: code {bad} is outside the codebook "
+                               f"[0, {codebook_size})")
+    return codes
 
 
 def usage_to_pb(u: Usage) -> common_pb2.Usage:
@@ -59,9 +96,19 @@ def usage_to_pb(u: Usage) -> common_pb2.Usage:
 
 
 def result_ref_to_pb(ref) -> common_pb2.ResultRef:
+    """services.storage.ResultRef -> the public ResultRef."""
     return common_pb2.ResultRef(uri=ref.uri, presigned_url=ref.presigned_url, sha256=ref.sha256,
                                 bytes=ref.bytes, width=ref.width, height=ref.height,
                                 content_type=ref.content_type)
+
+
+def result_ref_from_pb(pb: common_pb2.ResultRef):
+    """The public ResultRef -> services.storage.ResultRef (the decoder's answer, for the
+    manifest)."""
+    from services.storage import ResultRef  # storage's record; the module stays light
+    return ResultRef(uri=pb.uri, presigned_url=pb.presigned_url, sha256=pb.sha256,
+                     bytes=pb.bytes, width=pb.width, height=pb.height,
+                     content_type=pb.content_type or "application/octet-stream")
 
 
 # ------------------------------------------------------ generator stage request
@@ -70,8 +117,7 @@ def generator_request_to_pb(r: GenerationRequest) -> stages_pb2.GeneratorRequest
         request_id=r.request_id, task=TASK_PB[r.task], cond_ids=r.cond_ids,
         uncond_ids=r.uncond_ids, full_uncond_ids=r.full_uncond_ids,
         text_sampling=sampling_to_pb(r.text), image_sampling=sampling_to_pb(r.image),
-        guidance=common_pb2.Guidance(mode=MODE_PB[r.guidance.mode], scale=r.guidance.scale,
-                                     image_scale=r.guidance.image_scale),
+        guidance=guidance_to_pb(r.guidance),
         max_new_tokens=r.max_new_tokens, stop_at_image_end=r.stop is StopRule.EOI, seed=r.seed)
     if r.output_grid is not None:
         pb.output_grid.CopyFrom(common_pb2.ImageGrid(h=r.output_grid.h, w=r.output_grid.w))
@@ -80,15 +126,16 @@ def generator_request_to_pb(r: GenerationRequest) -> stages_pb2.GeneratorRequest
 
 def generator_request_from_pb(pb: stages_pb2.GeneratorRequest) -> GenerationRequest:
     if pb.task not in TASKS:
-        raise ValueError(f"task: unknown task {pb.task}")
-    g = pb.guidance
+        raise RequestError(f"task: unknown task {pb.task}")
+    if pb.guidance.mode not in MODES:
+        raise RequestError(f"guidance.mode: unknown mode {pb.guidance.mode}")
+    task = TASKS[pb.task]
     return GenerationRequest(
-        request_id=pb.request_id, task=TASKS[pb.task], cond_ids=tuple(pb.cond_ids),
+        request_id=pb.request_id, task=task, cond_ids=tuple(pb.cond_ids),
         uncond_ids=tuple(pb.uncond_ids), full_uncond_ids=tuple(pb.full_uncond_ids),
-        text=sampling_from_pb(pb.text_sampling, SamplingParams()),
-        image=sampling_from_pb(pb.image_sampling, SamplingParams()),
-        guidance=Guidance(MODES[g.mode], g.scale if g.HasField("scale") else 1.0,
-                          g.image_scale if g.HasField("image_scale") else 1.0),
+        text=text_sampling_from_pb(pb.text_sampling, task),
+        image=image_sampling_from_pb(pb.image_sampling, task),
+        guidance=guidance_from_pb(pb.guidance, task),
         output_grid=ImageGrid(pb.output_grid.h, pb.output_grid.w) if pb.HasField("output_grid") else None,
         max_new_tokens=pb.max_new_tokens, stop=StopRule.EOI if pb.stop_at_image_end else StopRule.EOS,
         seed=pb.seed)

@@ -5,13 +5,10 @@ make it write outside a request's folder or run past its limits. Failures are In
 naming the stage field."""
 from __future__ import annotations
 
-import re
-
 from services.model.image_tokens import DEFAULT_MAX_SIDE
 from services.rpc.errors import InvalidArgument
-from services.rpc.validation import Limits, check_image
+from services.rpc.validation import REQUEST_ID, REQUEST_ID_RULE, Limits, check_image
 
-REQUEST_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")  # no leading dot: no hidden folders
 MAX_IMAGE_INDEX = 1024           # images in one response
 MAX_AREA = 4096 * 4096           # smart_resize target, as the pixel guard
 
@@ -23,15 +20,14 @@ def check_encode(images, area: int, limits: Limits) -> None:
     if len(images) > limits.max_images:
         raise InvalidArgument(f"images: {len(images)} given, the limit is {limits.max_images}")
     for i, data in enumerate(images):
-        check_image(data, f"images[{i}]", limits)
+        check_image(data, f"images[{i}]", limits.max_image_bytes, limits.max_image_pixels)
     if not 0 < area <= min(MAX_AREA, limits.max_image_pixels):
         raise InvalidArgument(f"area: {area} pixels is outside 1..{min(MAX_AREA, limits.max_image_pixels)}")
 
 
 def check_request_id(request_id: str, field: str = "request_id") -> None:
     if not REQUEST_ID.fullmatch(request_id or ""):
-        raise InvalidArgument(f"{field}: use 1-64 characters of [A-Za-z0-9._-], not starting "
-                              "with '.'")
+        raise InvalidArgument(f"{field}: use {REQUEST_ID_RULE}")
 
 
 def check_decode(request_id: str, tenant: str, index: int, h: int, w: int, n_codes: int,

@@ -13,11 +13,11 @@ import time
 from ray import serve
 
 from emu35_proto.v1 import api_pb2
-from services.model.templates import Task
 from services.rpc import stage_wire as wire
-from services.rpc.convert import health_to_pb, info_to_pb, list_models_to_pb
+from services.rpc.convert import health_to_pb
 from services.rpc.errors import apply_status
 from services.rpc.gateway import Gateway
+from services.rpc.served import ServedModel
 from services.rpc.validation import Limits
 
 from .handles import HandleStages
@@ -27,7 +27,6 @@ from .watch import StageWatch
 
 log = logging.getLogger(__name__)
 
-VERSION = "0.1.0"
 STALE_S = 3.0  # a stage state older than this (the watch stalled) is not ready
 
 
@@ -41,14 +40,15 @@ class GatewayStage:
         tok = TextTokenizer.from_dir(settings.tokenizer or settings.model)
         self.gateway = Gateway(tok, HandleStages(encoder, generator, decoder),
                                make_store(settings.storage), Limits(),
-                               Emu35Config.from_file(settings.model).max_position_embeddings)
+                               Emu35Config.from_file(settings.model).max_position_embeddings,
+                               model=ServedModel.from_checkpoint(settings.model, tok.vocab_size))
         self.watch = StageWatch({"encoder": encoder, "generator": generator,
                                  "decoder": decoder}, board())
         self.watch.start()  # the constructor runs on the replica's event loop
 
     async def Generate(self, request, grpc_context=None):
         try:
-            pb = wire.parse(api_pb2.GenerateRequest, request, "GenerateRequest")
+            pb = wire.parse(api_pb2.GenerateRequest, request, "request")
             async for event in self.gateway.generate(pb, _trace_metadata(grpc_context)):
                 yield event
         except Exception as e:
@@ -61,11 +61,10 @@ class GatewayStage:
         return health_to_pb(state.serving and fresh, ready, state.load)
 
     async def Info(self, request, grpc_context=None):
-        return info_to_pb(VERSION, [t.value for t in Task], self.gateway.limits,
-                          self.gateway.context_length, self.watch.state.load)
+        return self.gateway.info(self.watch.state.load)
 
     async def ListModels(self, request, grpc_context=None):
-        return list_models_to_pb([("emu3.5", self.settings.model, self.gateway.tok.vocab_size)])
+        return self.gateway.list_models()
 
 
 def raise_status(grpc_context, exc: Exception):

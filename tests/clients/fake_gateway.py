@@ -5,8 +5,11 @@ Its Generate behaviour is picked by the prompt:
   "images:N"              the script with N images
   "corrupt"               an ImageReady whose sha256 does not match the stored bytes
   "abort:CODE:details"    fails with that status
+  "late:CODE:details"     one text event, then fails with that status
   "endless"               image progress until the caller cancels (sets ``cancelled``)
   "silent"                sends nothing until the deadline or a cancel
+Every call first takes the next entry of ``failures`` (code, details, retry-after ms or None),
+if any, and fails with it: a server that is briefly unavailable or full.
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ class FakeGateway(api_pb2_grpc.Emu35Servicer):
         self.ready = True
         self.http_base: str | None = None           # serve refs as presigned http URLs
         self.target = ""
+        self.failures: list[tuple[grpc.StatusCode, str, int | None]] = []
 
     # ---- calls ------------------------------------------------------------------------------
 
@@ -45,6 +49,10 @@ class FakeGateway(api_pb2_grpc.Emu35Servicer):
         mode, _, arg = request.prompt.partition(":")
         if mode == "abort":
             code, _, details = arg.partition(":")
+            context.abort(grpc.StatusCode[code], details)
+        if mode == "late":
+            code, _, details = arg.partition(":")
+            yield _event(REQUEST_ID, text=api_pb2.TextDelta(text="partial", channel="text"))
             context.abort(grpc.StatusCode[code], details)
         if mode == "endless":
             yield from self._endless(request, context)
@@ -82,6 +90,11 @@ class FakeGateway(api_pb2_grpc.Emu35Servicer):
         self.metadata.append(md)
         if self.api_key and md.get("authorization") != f"Bearer {self.api_key}":
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "authorization: unknown API key")
+        if self.failures:
+            code, details, retry_ms = self.failures.pop(0)
+            if retry_ms is not None:
+                context.set_trailing_metadata((("retry-after-ms", str(retry_ms)),))
+            context.abort(code, details)
 
     def _unary(self, context) -> None:
         self._admit(context)

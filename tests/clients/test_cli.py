@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from emu35_client import InvalidArgument
 from emu35_client.cli import main
 
 from .conftest import CLIENTS
@@ -55,8 +56,8 @@ def test_generate_over_http_with_api_key_from_env(http_store, tmp_path, capsys, 
 @pytest.mark.parametrize("prompt, extra, line", [
     ("abort:RESOURCE_EXHAUSTED:queue full", [], "RESOURCE_EXHAUSTED: queue full"),
     ("corrupt", [], "DATA_LOSS: file://"),
-    ("p", ["--size", "7x7"], "INVALID_ARGUMENT: size: '7x7' pixels must be multiples of 16"),
-    ("p", ["--image", "/no/such.png"], "INVALID_ARGUMENT: images[0]: file not found"),
+    ("p", ["--size", "7x7"], "INVALID_ARGUMENT: --size/--aspect: '7x7' pixels must be multiples of 16"),
+    ("p", ["--image", "/no/such.png"], "INVALID_ARGUMENT: --image #1: file not found"),
     ("silent", ["--timeout", "0.2"], "DEADLINE_EXCEEDED: "),
 ])
 def test_errors_are_one_line_with_exit_2(gateway, tmp_path, capsys, prompt, extra, line):
@@ -110,3 +111,66 @@ def test_as_a_process(gateway, tmp_path):
     bad = subprocess.run([*cmd, "--prompt", "abort:INTERNAL:boom"], capture_output=True,
                          text=True, env=env, timeout=60, check=False)
     assert (bad.returncode, bad.stderr) == (2, "emu35-client: error: INTERNAL: boom\n")
+
+
+def test_no_arguments_prints_the_usage(capsys):
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: emu35-client") and "generate" in err and "examples:" in err
+    assert "INVALID_ARGUMENT" not in err
+
+
+def test_version(capsys):
+    from emu35_client import __version__
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out == f"emu35-client {__version__}\n"
+
+
+def test_help_has_descriptions_defaults_and_examples(capsys):
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    out = capsys.readouterr().out
+    for text in ("--cfg SCALE", "t2i 5, others 3", "port 9000 when left out", "examples:",
+                 "--out DIR", "JSON summary"):
+        assert text in out, text
+
+
+def test_a_target_without_a_port_uses_9000():
+    from emu35_client.channel import Connection
+    assert Connection("example.com").target == "example.com:9000"
+    assert Connection("[::1]").target == "[::1]:9000"
+    assert Connection("h:1234").target == "h:1234"
+    for bad in ("h:", "h:0", "h:x", " "):
+        with pytest.raises(InvalidArgument, match="target"):
+            Connection(bad)
+
+
+def test_a_failed_call_leaves_no_empty_out_folder(gateway, tmp_path, capsys):
+    assert _generate(gateway, tmp_path, "--prompt", "abort:INVALID_ARGUMENT:prompt: bad") == 2
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "out").mkdir()  # a folder the user made stays
+    assert _generate(gateway, tmp_path, "--prompt", "abort:INVALID_ARGUMENT:prompt: bad") == 2
+    assert (tmp_path / "out").is_dir()
+
+
+def test_downloaded_images_get_normal_modes(gateway, tmp_path, capsys):
+    old = os.umask(0o022)
+    try:
+        assert _generate(gateway, tmp_path, "--prompt", "p") == 0
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out" / "00.png").stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("details, line", [
+    ("guidance.scale: must be a finite number", "--cfg: must be a finite number"),
+    ("max_new_tokens: 9 does not fit", "--max-new-tokens: 9 does not fit"),
+    ("images[1]: cannot be decoded", "--image #2: cannot be decoded"),
+    ("size: a 64*64 output image takes", "--size/--aspect: a 64*64 output image takes"),
+    ("prompt: must not be empty", "--prompt: must not be empty"),
+    ("request: corrupt", "request: corrupt"),
+])
+def test_errors_name_the_flag(gateway, tmp_path, capsys, details, line):
+    assert _generate(gateway, tmp_path, "--prompt", f"abort:INVALID_ARGUMENT:{details}") == 2
+    assert capsys.readouterr().err == f"emu35-client: error: INVALID_ARGUMENT: {line}\n"

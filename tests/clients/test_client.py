@@ -24,6 +24,7 @@ from emu35_client import (
     TextDelta,
     Unauthenticated,
     Unavailable,
+    Unimplemented,
 )
 
 from .fake_gateway import REQUEST_ID, SERVER_SEED
@@ -40,7 +41,8 @@ CODES = [
     (grpc.StatusCode.CANCELLED, Cancelled),
     (grpc.StatusCode.INTERNAL, Internal),
     (grpc.StatusCode.FAILED_PRECONDITION, Emu35Error),
-    (grpc.StatusCode.UNIMPLEMENTED, Emu35Error),
+    (grpc.StatusCode.UNIMPLEMENTED, Unimplemented),
+    (grpc.StatusCode.DATA_LOSS, Emu35Error),
 ]
 
 

@@ -109,7 +109,7 @@ def test_full_request(tmp_path):
         "x2i", "edit", images=[photo, b"raw", str(photo)], size="16:9",
         text_sampling={"top_k": 1}, image_sampling=Sampling(top_k=5120, top_p=0.9, temperature=1.0),
         cfg=Guidance(scale=3.0, mode="NO_TEXT_IMG_CFG", image_scale=1.5), seed=0,
-        max_new_tokens=100, stop_at_image_end=True, request_id="job-1.a_b", decode_mode="dida",
+        max_new_tokens=100, stop_at_image_end=True, request_id="job-1a_b", decode_mode="dida",
         model="emu3.5-image")
     assert [i.data for i in req.images] == [b"file-bytes", b"raw", b"file-bytes"]
     assert req.size.preset == "16:9"
@@ -120,7 +120,7 @@ def test_full_request(tmp_path):
         common_pb2.NO_TEXT_IMG_CFG, 3.0, 1.5)
     assert req.HasField("seed") and req.seed == 0
     assert (req.max_new_tokens, req.stop_at_image_end, req.request_id, req.decode_mode,
-            req.model) == (100, True, "job-1.a_b", api_pb2.DIDA, "emu3.5-image")
+            req.model) == (100, True, "job-1a_b", api_pb2.DIDA, "emu3.5-image")
 
 
 @pytest.mark.parametrize("size, which, value", [

@@ -54,7 +54,7 @@ def test_readme_examples_run(gateway, tmp_path, monkeypatch, capsys):
     assert len(blocks) == 2
     monkeypatch.chdir(tmp_path)
     for block in blocks:  # the README's own code, against the fake gateway
-        code = compile(block.replace("127.0.0.1:50051", gateway.target), "README.md", "exec")
+        code = compile(block.replace("127.0.0.1:9000", gateway.target), "README.md", "exec")
         exec(code, {})  # noqa: S102
     assert (tmp_path / "out" / "00.png").is_file()
     assert (tmp_path / "out" / "lighthouse.png").is_file()

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from emu35_proto.v1 import api_pb2, common_pb2, stages_pb2
+from services.model.ibq.resize import smart_resize_size
 from services.model.image_tokens import image_span_ids
 from services.rpc.convert import codes_from_pb, codes_to_pb, result_ref_to_pb
 from services.rpc.gateway import StageClients
@@ -35,8 +36,12 @@ class FakeStages(StageClients):
     async def encode(self, req, metadata):
         self.log.append(("encode", len(req.images)))
         await self.gates["encode"].wait()
-        codes = torch.arange(6).view(2, 3)
-        return stages_pb2.EncodeResponse(grids=[codes_to_pb(codes) for _ in req.images])
+        grids = []
+        for data in req.images:  # the grid the real encoder gives (the gateway checks it)
+            with Image.open(io.BytesIO(data)) as im:
+                w, h = smart_resize_size(im.width, im.height, req.area)
+            grids.append(codes_to_pb(torch.arange((h // 16) * (w // 16)).view(h // 16, w // 16) % 6))
+        return stages_pb2.EncodeResponse(grids=grids)
 
     async def generate(self, req, metadata):
         rid = req.request_id

@@ -15,10 +15,9 @@ from emu35_proto.story import interleave_story_pb2 as story_pb
 from emu35_proto.v1 import api_pb2, common_pb2
 from services.model.synthetic_vocab import write_synthetic_tokenizer
 from services.model.text_tokenizer import TextTokenizer
-from services.rpc.errors import status_for
+from services.rpc.errors import PublicError
 from services.rpc.gateway import Gateway
 from services.rpc.results import drain_closing
-from services.storage import AlreadyExists
 from tests.rpc.fake_stages import FakeStages, RecordingStore
 
 DEADLINE_S = 30  # hang guard only
@@ -129,9 +128,9 @@ def test_reused_request_id_is_already_exists_before_any_work(gateway, store, log
     layout = store.request_layout("req-1")
     before = {k: store.get(k) for k in (layout.manifest, layout.story, layout.image(0))}
     log.clear()
-    with pytest.raises(AlreadyExists, match="^request_id: 'req-1' is already used") as exc:
+    with pytest.raises(PublicError, match="^request_id: 'req-1' is already used") as exc:
         run(collect(gateway, request(task=common_pb2.X2I, images=[jpeg()])))
-    assert status_for(exc.value)[0] is grpc.StatusCode.ALREADY_EXISTS
+    assert exc.value.status.code is grpc.StatusCode.ALREADY_EXISTS
     assert [e for e in log if e[0] in ("encode", "generate", "write", "create")] == []
     assert {k: store.get(k) for k in before} == before  # the finished result is untouched
     run(collect(gateway, request(rid="req-2")))  # another id is fine
@@ -152,7 +151,7 @@ def test_concurrent_twins_one_wins(gateway, stages, store, log):
         return await asyncio.gather(*twins, return_exceptions=True)
 
     outcomes = run(main())
-    assert sorted(type(o).__name__ for o in outcomes) == ["AlreadyExists", "list"]
+    assert sorted(map(_outcome, outcomes)) == ["ALREADY_EXISTS", "list"]
     assert sum(e[0] == "generate" for e in log) == 1
     assert json.loads(store.get(store.request_layout("req-1").manifest))["state"] == "complete"
 
@@ -218,17 +217,16 @@ def test_failed_stage_writes_a_failed_manifest(gateway, stages, store):
         raise RuntimeError("decoder exploded")
 
     stages.decode = broken_decode
-    with pytest.raises(RuntimeError, match="decoder exploded"):
+    with pytest.raises(PublicError, match=r"^internal error \(request req-1, error id ") as exc:
         run(collect(gateway, request()))
     run(drain_closing())
     manifest = json.loads(store.get(store.request_layout("req-1").manifest))
     assert (manifest["state"], manifest["images"]) == ("failed", [])
-    assert manifest["error"] == "internal error (RuntimeError)"  # no internals in results
+    assert manifest["error"] == exc.value.status.message  # the caller's error id, no internals
 
 
 def test_invalid_request_claims_nothing(gateway, store):
-    from services.rpc.errors import InvalidArgument
-    with pytest.raises(InvalidArgument, match="^max_new_tokens"):
+    with pytest.raises(PublicError, match="^max_new_tokens"):
         run(collect(gateway, request(max_new_tokens=10**6)))
     assert not (store.root / "default" / "req-1").exists()
     run(collect(gateway, request()))  # the id is still free
@@ -300,7 +298,7 @@ def test_s3_cancel_leaves_no_orphans_and_reuse_is_refused(tok, s3_store, log):
     assert [m["key"] for m in manifest["images"]] == [layout.image(0), layout.image(1)]
     assert s3_keys(s3_store, "s3-cancel") == ["claim.json", "images/00.png", "images/01.png",
                                               "manifest.json"]
-    with pytest.raises(AlreadyExists, match="^request_id: "):
+    with pytest.raises(PublicError, match="^request_id: "):
         run(collect(gateway, request("s3-cancel")))
     assert s3_store.read_manifest("s3-cancel") == manifest
 
@@ -320,7 +318,7 @@ def test_s3_concurrent_twins_one_wins(tok, s3_store, log):
         return await asyncio.gather(*twins, return_exceptions=True)
 
     outcomes = run(main())
-    assert sorted(type(o).__name__ for o in outcomes) == ["AlreadyExists"] * 3 + ["list"]
+    assert sorted(map(_outcome, outcomes)) == ["ALREADY_EXISTS"] * 3 + ["list"]
     assert s3_store.read_manifest("s3-twin")["state"] == "complete"
 
 
@@ -337,7 +335,7 @@ def test_failing_manifest_write_still_lists_the_story(gateway, store):
         return real(key, data, meta)
 
     store._write_new = flaky
-    with pytest.raises(OSError):
+    with pytest.raises(PublicError, match="^internal error"):
         run(collect(gateway, request()))
     run(drain_closing())
     manifest = json.loads(store.get(layout.manifest))
@@ -345,3 +343,8 @@ def test_failing_manifest_write_still_lists_the_story(gateway, store):
     assert manifest["finish_reason"] == "stop" and manifest["usage"]["queue_seconds"] == 0.25
     assert request_files(store, "req-1") == ["claim.json", "images/00.png", "images/01.png",
                                              "manifest.json", "story.pb"]
+
+
+def _outcome(o) -> str:
+    """A gathered outcome: the public status of a failure, else the result's type."""
+    return o.status.code.name if isinstance(o, PublicError) else type(o).__name__

@@ -76,3 +76,36 @@ def test_status_mapping(exc, code):
     assert "Traceback" not in message
     if code == grpc.StatusCode.INTERNAL:
         assert "boom" not in message  # internals are not leaked
+
+
+def test_public_errors_survive_pickling():
+    """Ray sends a replica's exception to the proxy by pickle."""
+    import pickle
+
+    from services.rpc.errors import PublicError, Status
+    err = PublicError(Status(grpc.StatusCode.RESOURCE_EXHAUSTED, "busy", (("retry-after-ms", "5"),)))
+    assert pickle.loads(pickle.dumps(err)).status == err.status
+
+
+@pytest.mark.parametrize("inner, public", [
+    ("text.top_p must be in (0, 1], got 2", "text_sampling.top_p must be in (0, 1], got 2"),
+    ("image.temperature must be > 0", "image_sampling.temperature must be > 0"),
+    ("stop: 'eoi' is only for t2i and x2i", "stop_at_image_end: 'eoi' is only for t2i and x2i"),
+    ("output_grid: a 9*9 image takes", "size: a 9*9 image takes"),
+    ("max_new_tokens must be positive", "max_new_tokens must be positive"),
+])
+def test_engine_field_names_become_public_ones(inner, public):
+    assert status_for(RequestError(inner)) == (grpc.StatusCode.INVALID_ARGUMENT, public)
+
+
+@pytest.mark.parametrize("grid, field", [
+    (common_pb2.CodeGrid(h=2, w=2, codes=[1, 2, 3]), "grid.codes: 3 codes do not fill 2x2"),
+    (common_pb2.CodeGrid(h=0, w=2), "grid.h, grid.w"),
+    (common_pb2.CodeGrid(h=1, w=2, codes=[1, 99]), "grid.codes: code 99 is outside"),
+    (common_pb2.CodeGrid(h=1, w=2, codes=[-1, 0]), "grid.codes: code -1 is outside"),
+])
+def test_decode_codes_name_the_field(grid, field):
+    from services.rpc.convert import codes_from_pb
+    with pytest.raises(RequestError) as info:
+        codes_from_pb(grid, codebook_size=64)
+    assert str(info.value).startswith(field)

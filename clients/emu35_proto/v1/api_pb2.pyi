@@ -13,9 +13,11 @@ class DecodeMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DECODE_MODE_UNSPECIFIED: _ClassVar[DecodeMode]
     AUTOREGRESSIVE: _ClassVar[DecodeMode]
     DIDA: _ClassVar[DecodeMode]
+    FLASHAR: _ClassVar[DecodeMode]
 DECODE_MODE_UNSPECIFIED: DecodeMode
 AUTOREGRESSIVE: DecodeMode
 DIDA: DecodeMode
+FLASHAR: DecodeMode
 
 class InputImage(_message.Message):
     __slots__ = ("data",)
