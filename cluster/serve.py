@@ -5,8 +5,9 @@ import json
 import logging
 import signal
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from services.settings import RaySettings
 from services.stages.settings import APP_NAMES, StageSettings
 
 from .placement import StageScaling, deployment_options
@@ -21,20 +22,16 @@ SERVICERS = [
 ]
 
 
-def default_scaling() -> dict[str, StageScaling]:
-    return {"gateway": StageScaling(num_cpus=0.25),
-            "encoder": StageScaling(num_cpus=0.25, max_ongoing_requests=8),
-            "generator": StageScaling(num_cpus=1.0, target_ongoing_requests=32),
-            "decoder": StageScaling(num_cpus=0.25, max_ongoing_requests=8)}
-
-
 @dataclass(frozen=True)
 class ServeConfig:
+    """What ``start`` needs, derived from the one settings model (cluster/serve_cmd.py)."""
+
     stages: StageSettings
-    host: str = "127.0.0.1"
-    grpc_port: int = 9000
-    http_port: int = 8000
-    scaling: dict = field(default_factory=default_scaling)
+    host: str
+    grpc_port: int
+    http_port: int
+    scaling: dict[str, StageScaling]
+    ray: RaySettings
 
 
 def build_apps(cfg: ServeConfig) -> dict:
@@ -60,7 +57,8 @@ def start(cfg: ServeConfig) -> None:
     from ray import serve
 
     ray.init(_node_ip_address="127.0.0.1" if local else None, include_dashboard=False,
-             num_cpus=8, object_store_memory=512 << 20, configure_logging=False,
+             num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus,
+             object_store_memory=cfg.ray.object_store_memory, configure_logging=False,
              log_to_driver=False,
              runtime_env={"worker_process_setup_hook": "cluster.netbind.bind_serve_grpc",
                           "env_vars": {ENV: cfg.host}})

@@ -20,7 +20,7 @@ from services.rpc.errors import apply_status
 from services.rpc.gateway import Gateway, StageClients
 from services.rpc.tracing import start_span
 from services.model.templates import Task
-from services.rpc.validation import Limits, decode_image
+from services.rpc.validation import decode_image
 
 from .load import LoadReporter, board, read_total
 from .settings import StageSettings, check_tensor_parallel
@@ -142,7 +142,7 @@ class GatewayStage:
         self.settings = settings
         tok = TextTokenizer.from_dir(settings.tokenizer or settings.model)
         self.gateway = Gateway(tok, StageChannel(settings.proxy_target, settings.app_names),
-                               make_store(settings.storage), Limits(),
+                               make_store(settings.storage), settings.limits,
                                Emu35Config.from_file(settings.model).max_position_embeddings)
         self.board = board()  # generator load, for Health and Info
 
