@@ -1,10 +1,7 @@
 """Build the four stage applications and run them on a local Ray (``emu35 serve``)."""
 from __future__ import annotations
 
-import json
 import logging
-import signal
-import threading
 from dataclasses import dataclass
 
 from services.settings import RaySettings
@@ -80,25 +77,3 @@ def replica_states() -> dict:
 
     return {app: {dep: dict(d.replica_states) for dep, d in a.deployments.items()}
             for app, a in serve.status().applications.items()}
-
-
-def stop() -> None:
-    import ray
-    from ray import serve
-
-    serve.shutdown()
-    ray.shutdown()
-
-
-def serve_forever(cfg: ServeConfig) -> None:
-    """Run until SIGINT/SIGTERM, then shut everything down cleanly."""
-    done = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: done.set())
-    start(cfg)
-    print(f"emu35 replicas: {json.dumps(replica_states(), sort_keys=True)}", flush=True)
-    print(f"emu35 serving gRPC on {cfg.host}:{cfg.grpc_port}; Ctrl-C to stop", flush=True)
-    try:
-        done.wait()
-    finally:
-        stop()

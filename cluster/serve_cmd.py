@@ -137,17 +137,21 @@ def serve_config(s):
     from services.stages.settings import StageSettings, check_tensor_parallel
 
     from .placement import StageScaling
+    from .preflight import PreflightError, check_checkpoint, check_device
     from .serve import ServeConfig
 
     try:
         check_tensor_parallel(s.engine.tensor_parallel_size)
     except ValueError as e:
         raise UsageError(f"engine.{e}") from None
-    model, vq = _checkpoint_dirs(s.model)
-    for field, path in (("model.path (--model)", model),
-                        ("model.vision_tokenizer (--vision-tokenizer)", vq)):
-        if not path.is_dir():
-            raise UsageError(f"{field}: not a directory: {path}")
+    try:
+        check_device(s.model.device, "model.device (--device)")
+        model, vq = _checkpoint_dirs(s.model)
+        source = ("model.tiny (--tiny)",) * 2 if s.model.tiny is not None else (
+            "model.path (--model)", "model.vision_tokenizer (--vision-tokenizer)")
+        check_checkpoint(model, vq, s.model.tokenizer, (*source, "model.tokenizer (--tokenizer)"))
+    except PreflightError as e:
+        raise UsageError(str(e)) from None
     server = s.server
     storage = s.storage
     if storage.backend == "local":
@@ -188,6 +192,12 @@ def _reachable(host: str) -> str:
 
 
 def run(args) -> None:
-    from .serve import serve_forever
+    from .lifecycle import serve_forever
+    from .preflight import PreflightError, check_ports
 
-    serve_forever(config_from_args(args))
+    cfg = config_from_args(args)
+    try:
+        check_ports(cfg.host, {"--grpc-port": cfg.grpc_port, "--http-port": cfg.http_port})
+    except PreflightError as e:
+        raise UsageError(str(e)) from None
+    serve_forever(cfg)
