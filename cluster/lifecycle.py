@@ -114,7 +114,7 @@ def _within(fn, timeout_s: float) -> bool:
         except Exception:  # noqa: BLE001 - a peer already gone; the kill below handles it
             log.debug("shutdown step failed", exc_info=True)
 
-    thread = threading.Thread(target=call, name=f"emu35-stop-{fn.__name__}", daemon=True)
+    thread = threading.Thread(target=call, name="emu35-bounded", daemon=True)
     thread.start()
     thread.join(max(timeout_s, 0.1))
     return not thread.is_alive()
@@ -123,16 +123,17 @@ def _within(fn, timeout_s: float) -> bool:
 def deploy_failure(exc: Exception) -> str:
     """One line for a failed start: the application and its replica's exception (the last
     line of the traceback Serve records), else the exception itself."""
-    failed = []
-    try:
-        from ray import serve
+    import ray
+    from ray import serve
 
-        for app, status in serve.status().applications.items():
-            if str(status.status).endswith("DEPLOY_FAILED"):
-                texts = [d.message for d in status.deployments.values() if d.message]
-                failed.append((app, texts + [status.message]))
-    except Exception:  # noqa: BLE001 - the cluster may be gone: use the exception
-        pass
+    apps: dict = {}
+    if ray.is_initialized():  # (serve.status would start a Ray to connect to)
+        _within(lambda: apps.update(serve.status().applications), 10.0)  # Ray may be going
+    failed = []
+    for app, status in apps.items():
+        if str(status.status).endswith("DEPLOY_FAILED"):
+            texts = [d.message for d in status.deployments.values() if d.message]
+            failed.append((app, texts + [status.message]))
     if not failed:
         return _last_exception_line(str(exc)) or type(exc).__name__
     app, texts = failed[0]
