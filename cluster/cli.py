@@ -143,54 +143,103 @@ def _cmd_vq_decode(args) -> None:
     print(json.dumps({"image": args.out, "width": image.width, "height": image.height}))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="emu35", description="Emu3.5 serving tools")
-    sub = parser.add_subparsers(dest="command", required=True)
+def version() -> str:
+    """The installed package's version (pyproject.toml), or "unknown" from a bare tree."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as package_version
 
-    ckpt = sub.add_parser("checkpoint", help="checkpoint utilities")
-    ckpt_sub = ckpt.add_subparsers(dest="checkpoint_command", required=True)
-    tiny = ckpt_sub.add_parser("tiny", help="write a tiny random checkpoint pair")
-    tiny.add_argument("out_dir")
-    tiny.add_argument("--seed", type=int, default=0)
-    tiny.add_argument("--tokenizer", help="use these tokenizer files (e.g. the real Emu3.5 ones) "
-                                          "instead of a small synthetic vocabulary")
+    try:
+        return package_version("emu35-serve")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+EXAMPLES = """\
+examples:
+  emu35 checkpoint tiny ./tiny
+  emu35 generate --model ./tiny/llm --vision-tokenizer ./tiny/vision_tokenizer \\
+      --task t2i --prompt "a red fox in the snow" --size 8*8 --out ./out
+  emu35 serve --tiny
+  emu35 SUBCOMMAND --help        (each subcommand's options, defaults and examples)"""
+
+
+def _sub(sub, name: str, help: str, description: str = "", examples: str = ""):
+    return sub.add_parser(name, help=help, description=description or help[:1].upper() + help[1:],
+                          epilog=f"examples:\n{examples}" if examples else None,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="emu35", description="Emu3.5 serving tools: tiny checkpoints, offline generation, "
+        "the local serving cluster, prompt and vision-tokenizer inspection.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"emu35 {version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
+
+    ckpt = _sub(sub, "checkpoint", "checkpoint utilities")
+    ckpt_sub = ckpt.add_subparsers(dest="checkpoint_command", required=True, metavar="WHAT")
+    tiny = _sub(ckpt_sub, "tiny", "write a tiny random checkpoint pair (LLM + vision tokenizer)",
+                "Write OUT_DIR/llm (config.json, sharded safetensors + index, tokenizer files) "
+                "and OUT_DIR/vision_tokenizer (IBQ config.yaml + model.ckpt): random weights in "
+                "the released formats, small enough for a CPU.",
+                "  emu35 checkpoint tiny ./tiny --seed 1")
+    tiny.add_argument("out_dir", metavar="OUT_DIR")
+    tiny.add_argument("--seed", type=int, default=0, help="weight seed (default: 0)")
+    tiny.add_argument("--tokenizer", metavar="DIR",
+                      help="use these tokenizer files (e.g. the real Emu3.5 ones) instead of a "
+                           "small synthetic vocabulary")
     tiny.set_defaults(func=_cmd_checkpoint_tiny)
 
-    prompt = sub.add_parser("prompt", help="print the token prompts for a request")
-    prompt.add_argument("--model", required=True, help="LLM checkpoint directory")
-    prompt.add_argument("--tokenizer", help="tokenizer directory (default: --model)")
-    prompt.add_argument("--vision-tokenizer", help="IBQ directory (default: ../vision_tokenizer)")
-    prompt.add_argument("--task", required=True)
-    prompt.add_argument("--prompt", required=True)
-    prompt.add_argument("--image", action="append", default=[], help="reference image (repeat)")
-    prompt.add_argument("--aspect", help="auto, a preset (1:1, 4:3, 16:9, ...), h*w tokens or HxW px")
+    prompt = _sub(sub, "prompt", "print the token prompts for a request",
+                  "Print JSON: the conditional and unconditional token ids the model will see, "
+                  "the reference images' grids and the output grid.",
+                  "  emu35 prompt --model ./tiny/llm --task t2i --prompt 'a cat' --aspect 16:9 "
+                  "--text")
+    prompt.add_argument("--model", required=True, metavar="DIR", help="LLM checkpoint directory")
+    prompt.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory (default: --model)")
+    prompt.add_argument("--vision-tokenizer", metavar="DIR",
+                        help="IBQ directory (default: ../vision_tokenizer next to --model)")
+    prompt.add_argument("--task", required=True, help="t2i, x2i, howto, story, explore or vla")
+    prompt.add_argument("--prompt", required=True, metavar="TEXT", help="the request text")
+    prompt.add_argument("--image", action="append", default=[], metavar="PATH",
+                        help="reference image (repeat for several)")
+    prompt.add_argument("--aspect", help="auto, a preset (1:1, 4:3, 16:9, ...), h*w tokens or "
+                                         "HxW px (default: the task's)")
     prompt.add_argument("--text", action="store_true", help="also print the decoded prompts")
     prompt.set_defaults(func=_cmd_prompt)
 
-    gen = sub.add_parser("generate", help="generate images/text offline (one batch)")
+    gen = _sub(sub, "generate", "generate images/text offline (one batch)")
     from .generate_cmd import add_arguments
     add_arguments(gen)
     gen.set_defaults(func=_cmd_generate)
 
-    srv = sub.add_parser("serve", help="run the serving cluster locally (Ray Serve, gRPC)")
+    srv = _sub(sub, "serve", "run the serving cluster locally (Ray Serve, gRPC)")
     from .serve_cmd import add_arguments as add_serve_arguments
     add_serve_arguments(srv)
     srv.set_defaults(func=_cmd_serve)
 
-    vq = sub.add_parser("vq", help="vision tokenizer: image <-> code grid")
-    vq_sub = vq.add_subparsers(dest="vq_command", required=True)
-    enc = vq_sub.add_parser("encode", help="image file -> code grid JSON")
-    enc.add_argument("image")
-    enc.add_argument("--vision-tokenizer", required=True)
-    enc.add_argument("--area", type=int, help="smart_resize to about this many pixels")
-    enc.add_argument("--out", help="write the JSON here instead of stdout")
-    enc.add_argument("--tokenizer", help="text tokenizer dir: also print the image's token span ids")
+    vq = _sub(sub, "vq", "vision tokenizer: image <-> code grid")
+    vq_sub = vq.add_subparsers(dest="vq_command", required=True, metavar="WAY")
+    enc = _sub(vq_sub, "encode", "image file -> code grid JSON {h, w, codes}",
+               examples="  emu35 vq encode photo.png --vision-tokenizer ./tiny/vision_tokenizer "
+                        "--area 65536 --out codes.json")
+    enc.add_argument("image", metavar="IMAGE")
+    enc.add_argument("--vision-tokenizer", required=True, metavar="DIR", help="IBQ directory")
+    enc.add_argument("--area", type=int, metavar="PIXELS",
+                     help="smart_resize to about this many pixels (default: the image's own size)")
+    enc.add_argument("--out", metavar="FILE", help="write the JSON here (default: stdout)")
+    enc.add_argument("--tokenizer", metavar="DIR",
+                     help="text tokenizer dir: also print the image's token span ids")
     enc.set_defaults(func=_cmd_vq_encode)
-    dec = vq_sub.add_parser("decode", help="code grid JSON -> PNG")
-    dec.add_argument("codes")
-    dec.add_argument("--vision-tokenizer", required=True)
-    dec.add_argument("--out", required=True, help="output image path (.png)")
-    dec.add_argument("--tokenizer", help="text tokenizer dir, to decode a 'span_ids' JSON")
+    dec = _sub(vq_sub, "decode", "code grid JSON (or a token span) -> PNG",
+               examples="  emu35 vq decode codes.json --vision-tokenizer ./tiny/vision_tokenizer "
+                        "--out image.png")
+    dec.add_argument("codes", metavar="CODES")
+    dec.add_argument("--vision-tokenizer", required=True, metavar="DIR", help="IBQ directory")
+    dec.add_argument("--out", required=True, metavar="FILE", help="output image path (.png)")
+    dec.add_argument("--tokenizer", metavar="DIR", help="text tokenizer dir, to decode a "
+                                                        "'span_ids' JSON")
     dec.set_defaults(func=_cmd_vq_decode)
     return parser
 

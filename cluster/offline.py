@@ -88,12 +88,14 @@ class Progress:
             if not self.tty:
                 self.stream.write(f"[{self.done}/{self.total}] {event.request_id}: {event.reason}\n")
 
-    def draw(self) -> None:
+    def draw(self, live_tokens: int = 0) -> None:
+        """``live_tokens``: tokens generated so far by the requests still running, so the
+        rate moves while they run rather than only when one finishes."""
         if not self.tty:
             return
         bar = "#" * (20 * self.done // self.total)
         rows = sum(r for r, _ in self.rows.values()), sum(t for _, t in self.rows.values())
-        rate = self.tokens / max(time.monotonic() - self.start, 1e-9)
+        rate = (self.tokens + live_tokens) / max(time.monotonic() - self.start, 1e-9)
         self.stream.write(f"\r[{bar:<20}] {self.done}/{self.total} done | image rows "
                           f"{rows[0]}/{rows[1]} | {rate:,.0f} tok/s ")
         self.stream.flush()

@@ -1,12 +1,10 @@
 """Build the four stage applications and run them on a local Ray (``emu35 serve``)."""
 from __future__ import annotations
 
-import json
 import logging
-import signal
-import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from services.settings import RaySettings
 from services.stages.settings import StageSettings
 
 from .placement import StageScaling, deployment_options
@@ -22,20 +20,16 @@ SERVICERS = ["emu35_proto.v1.api_pb2_grpc.add_Emu35Servicer_to_server"]
 PUBLIC_APP = "emu35-gateway"
 
 
-def default_scaling() -> dict[str, StageScaling]:
-    return {"gateway": StageScaling(num_cpus=0.25),
-            "encoder": StageScaling(num_cpus=0.25, max_ongoing_requests=8),
-            "generator": StageScaling(num_cpus=1.0, target_ongoing_requests=32),
-            "decoder": StageScaling(num_cpus=0.25, max_ongoing_requests=8)}
-
-
 @dataclass(frozen=True)
 class ServeConfig:
+    """What ``start`` needs, derived from the one settings model (cluster/serve_cmd.py)."""
+
     stages: StageSettings
-    host: str = "127.0.0.1"
-    grpc_port: int = 9000
-    http_port: int = 8000
-    scaling: dict = field(default_factory=default_scaling)
+    host: str
+    grpc_port: int
+    http_port: int
+    scaling: dict[str, StageScaling]
+    ray: RaySettings
 
 
 def build_apps(cfg: ServeConfig) -> dict:
@@ -77,7 +71,6 @@ def start(cfg: ServeConfig) -> None:
     """Start local Ray, Serve's proxies and the application. On a loopback host nothing
     listens beyond loopback; the public port takes messages up to the largest legal request
     (cluster/netbind.py)."""
-    from services.rpc.validation import Limits
 
     from .netbind import (ENV, MAX_MESSAGE_ENV, REPLICA_MESSAGE_ENV, is_loopback,
                           keep_ray_on_loopback, max_request_bytes)
@@ -88,9 +81,10 @@ def start(cfg: ServeConfig) -> None:
     import ray
     from ray import serve
 
-    largest = max_request_bytes(Limits())
+    largest = max_request_bytes(cfg.stages.limits)  # the limits the gateway enforces
     ray.init(_node_ip_address="127.0.0.1" if local else None, include_dashboard=False,
-             num_cpus=8, object_store_memory=512 << 20, configure_logging=False,
+             num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus,
+             object_store_memory=cfg.ray.object_store_memory, configure_logging=False,
              log_to_driver=False,
              runtime_env={"worker_process_setup_hook": "cluster.netbind.setup_worker",
                           "env_vars": {ENV: cfg.host, MAX_MESSAGE_ENV: str(largest),
@@ -112,25 +106,3 @@ def replica_states() -> dict:
 
     return {app: {dep: dict(d.replica_states) for dep, d in a.deployments.items()}
             for app, a in serve.status().applications.items()}
-
-
-def stop() -> None:
-    import ray
-    from ray import serve
-
-    serve.shutdown()
-    ray.shutdown()
-
-
-def serve_forever(cfg: ServeConfig) -> None:
-    """Run until SIGINT/SIGTERM, then shut everything down cleanly."""
-    done = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: done.set())
-    start(cfg)
-    print(f"emu35 replicas: {json.dumps(replica_states(), sort_keys=True)}", flush=True)
-    print(f"emu35 serving gRPC on {cfg.host}:{cfg.grpc_port}; Ctrl-C to stop", flush=True)
-    try:
-        done.wait()
-    finally:
-        stop()

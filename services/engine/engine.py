@@ -104,6 +104,9 @@ class Engine:
         self.model, self.tok, self.config = model, tok, config
         sc = config.scheduler
         self.kv_plan = None
+        if sc.num_blocks is None and model.device.type != "cuda":
+            # Stop-gap (h-lifecycle) until the engine's own "auto on CPU" lands: kv_blocks auto.
+            sc = replace(sc, num_blocks=4096)
         if sc.num_blocks is None:
             self.kv_plan = plan_kv_cache(model, sc, config.gpu_memory_utilization, config.attention)
             sc = replace(sc, num_blocks=self.kv_plan.num_blocks)

@@ -18,7 +18,7 @@ from services.rpc import stage_wire as wire
 from services.rpc.convert import (codes_from_pb, decode_response_to_pb, encode_response_to_pb,
                                   generator_event_to_pb, generator_request_from_pb)
 from services.rpc.tracing import start_span
-from services.rpc.validation import Limits, decode_image
+from services.rpc.validation import decode_image
 
 from .checks import (check_decode, check_encode, check_key_under, check_output_grid,
                      check_prompt_ids, check_request_id)
@@ -38,7 +38,7 @@ class EncoderStage:
     def __init__(self, settings: StageSettings):
         from services.model.ibq import VisionTokenizer
         self.vq = VisionTokenizer.from_dir(settings.vision_tokenizer, device=settings.device)
-        self.limits = Limits()
+        self.limits = settings.limits
 
     async def Encode(self, data: bytes, metadata: tuple = ()) -> bytes:
         span = start_span("encoder.Encode", metadata)

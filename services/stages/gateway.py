@@ -18,7 +18,6 @@ from services.rpc.convert import health_to_pb
 from services.rpc.errors import apply_status
 from services.rpc.gateway import Gateway
 from services.rpc.served import ServedModel
-from services.rpc.validation import Limits
 
 from .handles import HandleStages
 from .load import board
@@ -39,7 +38,7 @@ class GatewayStage:
         self.settings = settings
         tok = TextTokenizer.from_dir(settings.tokenizer or settings.model)
         self.gateway = Gateway(tok, HandleStages(encoder, generator, decoder),
-                               make_store(settings.storage), Limits(),
+                               make_store(settings.storage), settings.limits,
                                Emu35Config.from_file(settings.model).max_position_embeddings,
                                model=ServedModel.from_checkpoint(settings.model, tok.vocab_size))
         self.watch = StageWatch({"encoder": encoder, "generator": generator,

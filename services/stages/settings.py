@@ -1,12 +1,11 @@
-"""Deploy-time settings handed to every stage replica (picklable)."""
+"""What every stage replica is handed (picklable): derived from the one settings model
+(services/settings) by ``StageSettings.from_settings``; no default of its own."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.storage import StorageSettings
-
-APP_NAMES = {"gateway": "emu35-gateway", "encoder": "emu35-encoder",
-             "generator": "emu35-generator", "decoder": "emu35-decoder"}
+from services.rpc.validation import Limits
+from services.settings import DEFAULT_DEVICE, EngineSettings, StorageSettings
 
 
 @dataclass(frozen=True)
@@ -14,15 +13,41 @@ class StageSettings:
     model: str                       # LLM checkpoint directory
     vision_tokenizer: str            # IBQ directory
     tokenizer: str | None = None     # default: the model directory
-    device: str = "cpu"
-    kv_blocks: int = 4096            # paged-KV blocks per generator replica
-    max_waiting: int = 256           # generator queue bound: beyond it RESOURCE_EXHAUSTED
-    max_num_seqs: int = 64           # rows (streams) per engine step
-    max_batched_tokens: int = 2048   # tokens per engine step
-    tensor_parallel_size: int = 1    # GPUs per generator replica (the engine runs 1 today)
-    proxy_target: str = "127.0.0.1:9000"  # Serve's gRPC proxy, for stage-to-stage calls
-    app_names: dict = field(default_factory=lambda: dict(APP_NAMES))
+    device: str = DEFAULT_DEVICE
+    engine: EngineSettings = field(default_factory=EngineSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
+    limits: Limits = field(default_factory=Limits)
+
+    @classmethod
+    def from_settings(cls, s, model: str, vision_tokenizer: str,
+                      storage: StorageSettings | None = None) -> StageSettings:
+        """From ``services.settings.model.Emu35Settings`` with the checkpoint directories
+        resolved (a tiny checkpoint written)."""
+        return cls(model=model, vision_tokenizer=vision_tokenizer, tokenizer=s.model.tokenizer,
+                   device=s.model.device, engine=s.engine, storage=storage or s.storage,
+                   limits=s.request_limits())
+
+    # The engine's settings under the names the generator deployment reads.
+    @property
+    def kv_blocks(self) -> int | None:
+        """None: the engine sizes the KV cache (kv_blocks auto)."""
+        return self.engine.num_blocks
+
+    @property
+    def max_waiting(self) -> int:
+        return self.engine.max_waiting
+
+    @property
+    def max_num_seqs(self) -> int:
+        return self.engine.max_num_seqs
+
+    @property
+    def max_batched_tokens(self) -> int:
+        return self.engine.max_batched_tokens
+
+    @property
+    def tensor_parallel_size(self) -> int:
+        return self.engine.tensor_parallel_size
 
 
 def check_tensor_parallel(size: int) -> None:

@@ -18,7 +18,7 @@ __all__ = ["AlreadyExists", "BatchLayout", "LocalResultStore", "ObjectNotFound",
 
 
 def make_store(settings: StorageSettings | None = None) -> ResultStore:
-    """The store the settings describe (read from the environment when None)."""
+    """The store the settings describe (the defaults when None)."""
     settings = settings if settings is not None else StorageSettings()
     if settings.backend == "local":
         return LocalResultStore(settings.root)

@@ -167,7 +167,7 @@ class S3ResultStore(ResultStore):
             raise StorageError(f"bucket: cannot reach {where}: {e}") from None
         if not create:
             raise StorageError(f"bucket: {self.bucket!r} does not exist at {where}; create it, "
-                               "or set create_bucket (EMU35_STORAGE_CREATE_BUCKET=true)")
+                               "or set storage.create_bucket (EMU35_STORAGE__CREATE_BUCKET=true)")
         region = self.client.meta.region_name
         kwargs = {} if region in (None, "us-east-1") else {
             "CreateBucketConfiguration": {"LocationConstraint": region}}

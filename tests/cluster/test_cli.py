@@ -124,3 +124,121 @@ def test_missing_model_dir(capsys, tmp_path):
     with pytest.raises(SystemExit):
         main(["prompt", "--model", str(tmp_path / "none"), "--task", "t2i", "--prompt", "x"])
     assert "emu35: error:" in capsys.readouterr().err
+
+
+# ---- emu35 generate: every argument checked before the checkpoint loads -------------------------
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Loading the checkpoint fails the test: the argument error must come first."""
+    import services.model.loader as loader
+
+    def load(*a, **kw):
+        raise AssertionError("the checkpoint was loaded before the arguments were checked")
+
+    monkeypatch.setattr(loader, "load_checkpoint", load)
+
+
+def _prompts(tmp_path, *entries) -> str:
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("\n".join(json.dumps(e) for e in entries) + "\n")
+    return str(path)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--device", "gpu"], "--device: 'gpu' is not a device; use cpu, cuda or cuda:N"),
+    (["--device", "cuda:99"], "--device: cuda:99 requested but"),
+    (["--task", "paint"], "--task: 'paint' is not a valid task"),
+    (["--aspect", "7:5"], "--aspect: image size '7:5' not understood"),
+    (["--size", "8192x8192"], "--size: image size '8192x8192' is 512*512 tokens"),
+    (["--cfg", "nan"], "--cfg: must be a finite number >= 0, not 'nan'"),
+    (["--max-new-tokens", "0"], "--max-new-tokens: must be a whole number in [1, "),
+    (["--seed", "-1"], "--seed: must be a whole number in [0, "),
+    (["--num-blocks", "0"], "--num-blocks: must be positive, not 0"),
+    (["--tokenizer", "/"], "--tokenizer: emu3.tiktoken not found in /"),
+])
+def test_generate_checks_arguments_before_loading(tiny, capsys, tmp_path, no_loading, argv,
+                                                  message):
+    args = {"--task": "t2i", "--prompt": "a cat", "--out": str(tmp_path / "out")}
+    with pytest.raises(SystemExit) as exc:
+        main(["generate", "--model", str(tiny / "llm"), "--vision-tokenizer",
+              str(tiny / "vision_tokenizer"), *[x for kv in args.items() for x in kv], *argv])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.startswith("emu35: error: ") and message in err, err
+    assert err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_generate_names_the_prompts_entry_and_out(tiny, capsys, tmp_path, no_loading):
+    base = ["generate", "--model", str(tiny / "llm"), "--vision-tokenizer",
+            str(tiny / "vision_tokenizer"), "--task", "t2i"]
+    cases = [
+        ([{"prompt": "a"}, {"prompt": "b", "task": "paint"}], "--prompts: prompt 001: task: "
+                                                              "'paint' is not a valid task"),
+        ([{"prompt": "a", "size": "9:7"}], "--prompts: prompt 000: size: image size '9:7'"),
+        ([{"prompt": "a", "seed": "x"}], "--prompts: prompt 000: seed: must be a whole number"),
+        ([{"prompt": "a", "images": "one.png"}], "--prompts: prompt 000: images: must be a list"),
+    ]
+    for entries, message in cases:
+        with pytest.raises(SystemExit):
+            main([*base, "--prompts", _prompts(tmp_path, *entries), "--out", str(tmp_path / "o")])
+        assert message in capsys.readouterr().err
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    with pytest.raises(SystemExit):
+        main([*base, "--prompt", "a cat", "--out", str(taken)])
+    assert f"--out: {taken} exists and is not a directory" in capsys.readouterr().err
+
+
+def test_generate_without_cuda_names_the_device(tiny, capsys, tmp_path, no_loading):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(SystemExit):
+        main(["generate", "--model", str(tiny / "llm"), "--vision-tokenizer",
+              str(tiny / "vision_tokenizer"), "--task", "t2i", "--prompt", "x", "--device", "cuda",
+              "--out", str(tmp_path / "o")])
+    assert "--device: cuda requested but CUDA is not available" in capsys.readouterr().err
+
+
+def test_offline_progress_rate_moves_before_any_request_finishes():
+    import io
+
+    from cluster.offline import Progress
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream = Tty()
+    progress = Progress(2, stream=stream)
+    progress.draw(live_tokens=0)
+    assert stream.getvalue().endswith(" 0 tok/s ")
+    progress.draw(live_tokens=5000)  # nothing finished yet, 5000 tokens generated
+    assert not stream.getvalue().endswith(" 0 tok/s "), stream.getvalue()
+    assert "0/2 done" in stream.getvalue().rsplit("\r", 1)[1]
+
+
+def test_version_is_the_packages(capsys):
+    import tomllib
+    from pathlib import Path
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out == f"emu35 {pyproject['project']['version']}\n"
+
+
+@pytest.mark.parametrize("argv", [[], ["checkpoint", "tiny"], ["prompt"], ["generate"], ["serve"],
+                                  ["vq", "encode"], ["vq", "decode"]])
+def test_every_help_has_a_description_and_examples(capsys, argv):
+    with pytest.raises(SystemExit):
+        main([*argv, "--help"])
+    text = capsys.readouterr().out
+    assert "examples:\n  emu35 " in text, text
+    description = text.split("\n\n")[1]
+    assert not description.startswith(("options:", "positional")), text
+    if argv in (["generate"], ["serve"]):
+        assert text.count("(default:") >= 5, text

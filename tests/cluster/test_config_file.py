@@ -13,6 +13,7 @@ from cluster.cli import build_parser, main
 from cluster.placement import StageScaling, deployment_options
 from cluster.serve_cmd import config_from_args
 from services.model.tiny import write_tiny_checkpoint
+from services.settings import EngineSettings
 from services.stages.settings import StageSettings
 
 FULL = {
@@ -45,7 +46,6 @@ def test_the_file_sets_every_setting(ckpt_dir):
     st = cfg.stages
     assert st.model == str(ckpt_dir / "ckpt" / "llm")  # relative to the file's directory
     assert (cfg.host, cfg.grpc_port, cfg.http_port) == ("0.0.0.0", 9100, 8100)
-    assert st.proxy_target == "127.0.0.1:9100"  # stages reach a wildcard bind over loopback
     assert (st.storage.backend, st.storage.bucket, st.storage.endpoint_url, st.storage.region,
             st.storage.prefix) == ("s3", "emu35-results", "http://s3.local:8333", "eu-west-1", "runs")
     assert (st.kv_blocks, st.max_waiting, st.max_num_seqs, st.max_batched_tokens) == (512, 7, 16, 1024)
@@ -62,7 +62,7 @@ def test_flags_override_the_file(ckpt_dir, tmp_path):
     assert cfg.stages.model == str(tiny / "llm")  # --tiny replaces the file's model.path
     assert (cfg.grpc_port, cfg.http_port, cfg.stages.kv_blocks) == (9200, 8100, 64)
     assert (cfg.scaling["generator"].min_replicas, cfg.scaling["generator"].max_replicas) == (3, 3)
-    assert cfg.stages.storage.backend == "local" and cfg.stages.proxy_target == "127.0.0.1:9200"
+    assert cfg.stages.storage.backend == "local"
     assert cfg.stages.max_waiting == 7  # not given as a flag: the file's
 
 
@@ -70,14 +70,14 @@ def test_flags_override_the_file(ckpt_dir, tmp_path):
     ({"stages": {"generator": {"min_replicas": 3, "max_replicas": 2}}},
      "stages.generator.max_replicas: 2 is below min_replicas 3"),
     ({"stages": {"genrator": {}}}, "stages.genrator: unknown field"),
-    ({"engine": {"kv_blocks": 0}}, "engine.kv_blocks: Input should be greater than or equal to 1"),
+    ({"engine": {"kv_blocks": 0}}, "engine.kv_blocks: must be auto or a positive whole number"),
     ({"server": {"grpc_port": "nine"}}, "server.grpc_port: Input should be a valid integer"),
     ({"storage": {"backend": "s3"}}, "storage.bucket: required with backend s3"),
     ({"storage": {"backend": "s3", "bucket": "b3x", "secret_key": "x"}},
      "storage.secret_key: credentials are read from the environment"),
     ({"model": {"path": "ckpt/llm"}}, "model.vision_tokenizer: required with model.path"),
     ({"model": {"vision_tokenizer": "x"}}, "model.path: give exactly one of model.path"),
-    ({"model": {"path": "nope", "vision_tokenizer": "x"}}, "model.path (--model): not a directory"),
+    ({"model": {"path": "nope", "vision_tokenizer": "x"}}, "model.path (--model): "),
     ({"engine": {"tensor_parallel_size": 2}},
      "stages.generator.num_gpus: leave unset with engine.tensor_parallel_size > 1"),
     ({"engine": {"tensor_parallel_size": 2}, "stages": {"generator": {"num_cpus": 1}}},
@@ -145,6 +145,102 @@ def test_the_real_generator_refuses_tensor_parallel_before_loading(ckpt_dir):
     from services.stages.deployments import GeneratorStage
 
     settings = StageSettings(model="/nonexistent", vision_tokenizer="/nonexistent",
-                             tensor_parallel_size=2)
+                             engine=EngineSettings(tensor_parallel_size=2))
     with pytest.raises(ValueError, match="tensor_parallel_size: 2 GPUs per generator replica"):
         GeneratorStage.func_or_class(settings)
+
+
+# ---- one settings model: file, environment, flags ---------------------------------------------
+
+def _settings(ckpt_dir, data: dict | None, env: dict, *flags: str):
+    from cluster.serve_cmd import settings_from_args
+
+    argv = ["serve", *flags]
+    if data is not None:
+        path = ckpt_dir / "layers.yaml"
+        path.write_text(yaml.safe_dump(data))
+        argv += ["--config", str(path)]
+    return settings_from_args(build_parser().parse_args(argv), environ=env)
+
+
+def test_file_environment_and_flag_set_the_same_field_flag_winning(ckpt_dir):
+    """One field, three sources: flag > environment > file > default (defined once)."""
+    from services.settings import EngineSettings
+
+    file = {"model": {"tiny": "t"}, "engine": {"max_waiting": 5, "kv_blocks": 100}}
+    env = {"EMU35_ENGINE__MAX_WAITING": "6", "EMU35_ENGINE__KV_BLOCKS": "200"}
+    flag = ("--max-waiting", "7", "--kv-blocks", "300")
+    both = _settings(ckpt_dir, file, env, *flag).engine
+    assert (both.max_waiting, both.kv_blocks) == (7, 300)
+    assert _settings(ckpt_dir, file, env).engine.max_waiting == 6
+    assert _settings(ckpt_dir, file, {}).engine.kv_blocks == 100
+    default = _settings(ckpt_dir, None, {"EMU35_MODEL__TINY": "t"}).engine
+    assert default == EngineSettings() and default.kv_blocks == "auto"
+    assert StageSettings(model="m", vision_tokenizer="v").kv_blocks is None  # auto: the engine sizes
+
+
+def test_every_section_is_settable_from_the_environment(ckpt_dir):
+    env = {"EMU35_LIMITS__MAX_IMAGES": "1", "EMU35_RAY__NUM_CPUS": "4",
+           "EMU35_RAY__OBJECT_STORE_MEMORY": str(256 << 20), "EMU35_STORAGE__MAX_ATTEMPTS": "9",
+           "EMU35_STORAGE__PRESIGN_EXPIRY_S": "60", "EMU35_STAGES__DECODER__NUM_GPUS": "0.5",
+           "EMU35_SERVER__GRPC_PORT": "9300", "EMU35_ENGINE__KV_BLOCKS": "auto",
+           "EMU35_MODEL__TINY": str(ckpt_dir / "ckpt-env")}
+    args = build_parser().parse_args(["serve", "--storage-root", str(ckpt_dir / "res")])
+    cfg = config_from_args(args, environ=env)
+    assert cfg.stages.limits.max_images == 1 and cfg.ray.num_cpus == 4
+    assert cfg.ray.object_store_memory == 256 << 20 and cfg.grpc_port == 9300
+    assert (cfg.stages.storage.max_attempts, cfg.stages.storage.presign_expiry_s) == (9, 60)
+    assert cfg.scaling["decoder"].num_gpus == 0.5 and cfg.scaling["decoder"].num_cpus == 0.25
+    assert cfg.stages.kv_blocks is None and cfg.stages.model == str(ckpt_dir / "ckpt-env" / "llm")
+    assert cfg.stages.storage.root == ckpt_dir / "res"
+
+
+@pytest.mark.parametrize("env, flags, message", [
+    ({"EMU35_ENGINE__KV_BLOCK": "5"}, (),
+     "EMU35_ENGINE__KV_BLOCK: not a setting (did you mean EMU35_ENGINE__KV_BLOCKS?)"),
+    ({"EMU35_STORAGE_BUCKET": "b"}, (),  # the old single-underscore name
+     "EMU35_STORAGE_BUCKET: not a setting (did you mean EMU35_STORAGE__BUCKET?)"),
+    ({"EMU35_SERVER__GRPC_PORT": "nine"}, (),
+     "EMU35_SERVER__GRPC_PORT: Input should be a valid integer"),
+    ({"EMU35_ENGINE__KV_BLOCKS": "lots"}, (),
+     "EMU35_ENGINE__KV_BLOCKS: must be auto or a positive whole number, not 'lots'"),
+    ({"EMU35_ENGINE__KV_BLOCKS": "lots"}, ("--kv-blocks", "0"),  # the flag's value is the bad one
+     "--kv-blocks: must be auto or a positive whole number, not '0'"),
+    ({}, ("--generator-replicas", "0"), "--generator-replicas: Input should be greater than"),
+])
+def test_bad_values_are_named_as_given(ckpt_dir, capsys, monkeypatch, env, flags, message):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "--tiny", str(ckpt_dir / "t"), *flags])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err == f"emu35: error: {err[14:]}" and message in err, err
+    assert err.count("\n") == 1
+
+
+def test_other_emu35_variables_are_not_mistaken_for_settings(ckpt_dir):
+    env = {"EMU35_TRACE_FILE": "/tmp/x", "EMU35_ATTENTION": "reference", "EMU35_MY_SCRIPT": "1",
+           "EMU35_MODEL__TINY": "t"}
+    assert _settings(ckpt_dir, None, env).model.tiny == "t"
+
+
+def test_the_settings_table_is_current_and_lists_every_variable():
+    from services.settings.sources import OTHER_VARIABLES, env_name, setting_paths, settings_table
+
+    root = Path(__file__).resolve().parents[2]
+    doc = (root / "docs" / "settings.md").read_text()
+    assert doc == settings_table(), "regenerate: python -m services.settings --write"
+    for name in [env_name(p) for p in setting_paths()] + list(OTHER_VARIABLES):
+        assert f"`{name}`" in doc
+    assert "docs/settings.md" in (root / "README.md").read_text()
+
+
+def test_the_readme_example_file_is_valid():
+    import re
+
+    from services.settings.sources import Layer, resolve
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    (block,) = re.findall(r"```yaml\n(.*?)```", readme, flags=re.S)
+    s = resolve([Layer(yaml.safe_load(block))])
+    assert s.engine.kv_blocks == "auto" and s.stages.generator.max_replicas == 4

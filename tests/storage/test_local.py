@@ -129,20 +129,17 @@ def test_foreign_uri_rejected(store, tmp_path):
 
 # ---- settings and make_store -----------------------------------------------------------------
 
-def test_settings_from_environment(monkeypatch, tmp_path):
-    monkeypatch.setenv("EMU35_STORAGE_BACKEND", "local")
-    monkeypatch.setenv("EMU35_STORAGE_ROOT", str(tmp_path / "env-root"))
-    monkeypatch.setenv("EMU35_STORAGE_PRESIGN_EXPIRY_S", "120")
-    settings = StorageSettings()
+def test_make_store_from_settings(monkeypatch, tmp_path):
+    """The environment is read by the one settings model (tests/cluster/test_config_file.py),
+    not here: StorageSettings is its storage section."""
+    settings = StorageSettings(backend="local", root=tmp_path / "root", presign_expiry_s=120)
     assert settings.presign_expiry_s == 120
     store = make_store(settings)
-    assert isinstance(store, LocalResultStore) and store.root == tmp_path / "env-root"
-    assert isinstance(make_store(), LocalResultStore)  # None: read the environment
-
-
-def test_keyword_arguments_override_environment(monkeypatch):
-    monkeypatch.setenv("EMU35_STORAGE_BUCKET", "from-env")
-    assert StorageSettings(backend="s3", bucket="from-yaml").bucket == "from-yaml"
+    assert isinstance(store, LocalResultStore) and store.root == tmp_path / "root"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("EMU35_STORAGE__ROOT", str(tmp_path / "ignored"))
+    default = make_store()  # None: the defaults (a relative "results" folder)
+    assert isinstance(default, LocalResultStore) and default.root == tmp_path / "results"
 
 
 @pytest.mark.parametrize("kwargs,field", [

@@ -173,11 +173,10 @@ def test_constructor_arguments_checked(s3_server):
         make_s3_store(s3_server, presign_expiry_s=0)
 
 
-def test_make_store_builds_s3_from_settings(s3_server, monkeypatch):
-    monkeypatch.setenv("EMU35_STORAGE_SECRET_KEY", s3_server.secret_key)
+def test_make_store_builds_s3_from_settings(s3_server):
     settings = StorageSettings(backend="s3", bucket=BUCKET, prefix="from-settings/",
-                               endpoint_url=s3_server.endpoint_url,
-                               access_key=s3_server.access_key, presign_expiry_s=60)
+                               endpoint_url=s3_server.endpoint_url, access_key=s3_server.access_key,
+                               secret_key=s3_server.secret_key, presign_expiry_s=60)
     store = make_store(settings)
     assert isinstance(store, S3ResultStore) and store.prefix == "from-settings"
     assert store.presign_expiry_s == 60
