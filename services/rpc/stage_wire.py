@@ -49,7 +49,8 @@ def parse(cls: type[Message], data, what: str) -> Message:
     try:
         return cls.FromString(bytes(data))
     except (DecodeError, ValueError):
-        raise InvalidArgument(f"{what}: malformed protobuf message ({len(data)} bytes)") from None
+        raise InvalidArgument(f"{what}: malformed {cls.DESCRIPTOR.name} protobuf message "
+                              f"({len(data)} bytes)") from None
 
 
 def encode_request(data) -> stages_pb2.EncodeRequest:
