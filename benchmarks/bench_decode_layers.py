@@ -19,7 +19,7 @@ import dataclasses
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from kernels.bench_timing import cuda_graph_time
+from benchmarks.timing import cuda_graph_time
 from kernels.fused_norm import triton_ops
 from services.engine.runner import ModelRunner
 from services.model.transformer import ForwardContext

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.bench_timing import mean_s_back_to_back
+from benchmarks.timing import mean_s_back_to_back
 from services.model.config import Emu35Config
 from services.model.text_tokenizer import TextTokenizer
 from services.model.transformer import Emu35ForCausalLM

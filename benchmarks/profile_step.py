@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-from kernels.bench_timing import mean_s_back_to_back
+from benchmarks.timing import mean_s_back_to_back
 from services.engine.runner import ModelRunner, StepInput
 
 from . import common

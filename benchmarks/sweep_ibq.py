@@ -60,9 +60,11 @@ def _max_diff(got: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
 
 
 @torch.inference_mode()
-def sweep(quick: bool = False, device: str = "cuda", cfg=None, side: int | None = None) -> dict:
-    """Run every variant; ``device``/``cfg``/``side`` let the CPU tests run it on a tiny model."""
-    iters = 2 if quick else 3
+def sweep(quick: bool = False, device: str = "cuda", cfg=None, side: int | None = None,
+          iters: int | None = None) -> dict:
+    """Run every variant; ``device``/``cfg``/``side``/``iters`` let the CPU tests run it on a
+    tiny model, timing each call once."""
+    iters = iters or (2 if quick else 3)
     side = side or (256 if quick else 1024)
     batches = (1, 2) if quick else (1, 2, 4)
     ceil = measure_ceilings() if device == "cuda" else Ceilings(4.28e12, 790e12)

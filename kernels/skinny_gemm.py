@@ -81,7 +81,7 @@ def _sms(device: torch.device) -> int:
 
 def default_tiles(m: int, n: int, k: int, sms: int) -> tuple[int, int, int, int]:
     """(BLOCK_N, BLOCK_K, SPLIT_K, num_stages), from a CUDA-graph sweep on an H200 at the
-    34B shapes (kernels/bench_skinny_gemm.py, benchmarks/RESULTS.md): wide W (gate_up, the
+    34B shapes (benchmarks/bench_skinny_gemm.py, benchmarks/RESULTS.md): wide W (gate_up, the
     head) streams best in 128x256 tiles; deep W (down_proj) needs split-K to fill the
     multiprocessors; the rest in narrow tiles. Split-K only where K divides evenly."""
     if n >= 128 * sms:  # over one 128-row tile per multiprocessor

@@ -1,11 +1,14 @@
 """The fused decode path (kernels.registry.decode_fusion: K/V written by the QK-norm kernel,
 SiLU * mul in gate_up's GEMM, split-K partials summed in the next add + RMSNorm) gives the
-unfused path's logits and KV cache bit for bit (EMU35_DECODE_FUSION=1 vs 0).
+unfused path's logits and KV cache (EMU35_DECODE_FUSION=1 vs 0): bit for bit on CUDA.
 
 CPU: a tiny random model on the fused Triton kernels under TRITON_INTERPRET=1, with the skinny
 GEMM allowed off CUDA (it normally runs there only), in fp32 and fp16 (the interpreter's bf16
-dot is unusable), through the runner's paged prefill and decode steps. ``-m gpu``: a mid-size
-bf16 model through the engine with CUDA graphs, every step's logits equal.
+dot is unusable), through the runner's paged prefill and decode steps; equal within the
+measured interpreter bound of tests/kernels/interpreter_tolerance.py (OpenBLAS's summation
+order depends on a dot's column in the tile; measured: logits 4.8 eps fp32, 0.45 eps fp16).
+``-m gpu``: a mid-size bf16 model through the engine with CUDA graphs, every step's logits
+bit-identical.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from services.engine.runner import ModelRunner, StepInput  # noqa: E402
 from services.model.config import Emu35Config  # noqa: E402
 from services.model.loader import load_model  # noqa: E402
 from services.model.tiny import random_state_dict, write_hf_checkpoint  # noqa: E402
+from tests.kernels.interpreter_tolerance import assert_fused_matches  # noqa: E402
 from tests.kernels.test_fused_norm import needs_triton  # noqa: E402
 
 # K of o_proj (4 x 128) and down_proj (512) are split four ways by the skinny GEMM's tiles.
@@ -56,7 +60,7 @@ def _run(model, steps):
 
 @needs_triton
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
-def test_fused_decode_is_bit_identical_on_cpu(tmp_path, monkeypatch, dtype):
+def test_fused_decode_matches_unfused_on_cpu(tmp_path, monkeypatch, dtype):
     cfg = Emu35Config(**FUSE_TINY)
     write_hf_checkpoint(tmp_path, cfg, random_state_dict(cfg, seed=7), max_shard_bytes=1 << 30)
     model = load_model(tmp_path, device="cpu", dtype=dtype)
@@ -99,8 +103,9 @@ def test_fused_decode_is_bit_identical_on_cpu(tmp_path, monkeypatch, dtype):
         else:
             assert used == {"silu_epilogue": 0, "deferred": 0, "write_kv": layers_steps}, used
     (ref_logits, ref_cache), (logits, cache) = results["0"], results["1"]
-    assert all(torch.equal(a, b) for a, b in zip(ref_logits, logits))
-    assert all(torch.equal(a, b) for a, b in zip(ref_cache, cache))
+    assert len(logits) == len(ref_logits) and len(cache) == len(ref_cache)
+    for got, want in zip(logits + cache, ref_logits + ref_cache):
+        assert_fused_matches(got, want, compute_dtype=dtype)  # logits are fp32 at any dtype
     assert all(torch.isfinite(x).all() for x in logits)
 
 

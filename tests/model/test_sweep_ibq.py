@@ -6,7 +6,7 @@ from services.model.ibq.tiny import tiny_config
 
 
 def test_sweep_runs_every_variant_and_reproduces_the_plain_forward():
-    result = sweep(quick=True, device="cpu", cfg=tiny_config(64), side=32)
+    result = sweep(quick=True, device="cpu", cfg=tiny_config(64), side=32, iters=1)  # no timing
     rows = result["rows"]
     assert {r["variant"] for r in rows} == set(VARIANTS)
     assert len(rows) == len(VARIANTS) * 2 * 2  # ops x batches

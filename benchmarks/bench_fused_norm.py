@@ -1,6 +1,6 @@
 """Fused elementwise kernels vs the unfused torch reference ops, against the bytes roofline.
 
-    PYTHONPATH=. python -m kernels.bench_fused_norm [--smoke]
+    PYTHONPATH=. python -m benchmarks.bench_fused_norm [--smoke]
 
 For each op and T = 2, 64, 4096 rows at the real sizes (hidden 5120; QKV of 64 + 2 x 8 heads
 of 128; FFN 25600; bf16) it prints the median time of the fused Triton kernel and of the
@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .bench_timing import copy_bandwidth, median_us
+from benchmarks.timing import copy_bandwidth, median_us
 
 EPS = 1e-5
 
@@ -154,7 +154,7 @@ def main() -> None:
         if not args.smoke:
             parser.error("needs CUDA; use --smoke to check the script on the CPU")
         os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is first imported
-    from .fused_norm import REFERENCE_OPS, triton_ops
+    from kernels.fused_norm import REFERENCE_OPS, triton_ops
 
     sizes = SMOKE if args.smoke else REAL
     bandwidth = copy_bandwidth(device)

@@ -1,6 +1,6 @@
 """Paged-attention micro-benchmark (CUDA): Triton kernel vs the bytes-read roofline.
 
-    PYTHONPATH=. python -m kernels.bench_paged_attention [--quick]
+    PYTHONPATH=. python -m benchmarks.bench_paged_attention [--quick]
 
 Decode reads each row's K and V once per KV head, so its floor is
 ``(K + V + q + out bytes) / copy bandwidth``, the bandwidth measured here with a large
@@ -18,8 +18,8 @@ from dataclasses import asdict
 import torch
 import triton
 
-from .bench_timing import Row, copy_bandwidth, matmul_rate, median_us
-from .paged_attention import paged_attention_reference, paged_attention_triton
+from benchmarks.timing import Row, copy_bandwidth, matmul_rate, median_us
+from kernels.paged_attention import paged_attention_reference, paged_attention_triton
 
 HQ, HKV, D = 64, 8, 128
 

@@ -1,8 +1,8 @@
 """Sampling micro-benchmark: guided scores + top-k/top-p draw at the real vocabulary, against
 the bytes roofline and the sampler it replaced.
 
-    PYTHONPATH=. python -m kernels.bench_sampling            # CUDA
-    PYTHONPATH=. python -m kernels.bench_sampling --smoke    # any device: small V, reference
+    PYTHONPATH=. python -m benchmarks.bench_sampling            # CUDA
+    PYTHONPATH=. python -m benchmarks.bench_sampling --smoke    # any device: small V, reference
 
 Workloads (V = 282,926): visual rows with CFG (s = 5, top_k 5120) and text rows without CFG
 (top_k 1024, top_p 0.9), R = 2, 16, 64. Floors are bytes / copy bandwidth, the bandwidth
@@ -24,10 +24,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .bench_timing import Row, copy_bandwidth, median_us
-from .registry import guided_scores_impl
-from .sampling import guided_scores_triton
-from .token_draw import NEEDS_EXACT, DrawPlan, draw_tokens, draw_tokens_reference
+from benchmarks.timing import Row, copy_bandwidth, median_us
+from kernels.registry import guided_scores_impl
+from kernels.sampling import guided_scores_triton
+from kernels.token_draw import NEEDS_EXACT, DrawPlan, draw_tokens, draw_tokens_reference
 
 VOCAB, VISUAL_BASE = 282926, 151854
 # Triton guided-scores tunings measured beside the default (CUDA only).
@@ -170,7 +170,7 @@ def _draws_plain(tokens: torch.Tensor, plain: torch.Tensor) -> bool:
 
 
 def _draw_variants(x: dict, scores: torch.Tensor, floor_us: float) -> list[tuple]:
-    from .triton_draw import draw_top_k
+    from kernels.triton_draw import draw_top_k
 
     out = torch.zeros(x["uniforms"].shape, dtype=torch.int64, device=scores.device)
     return [(f"draw sort-free {name}",

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_bench_smoke_runs_on_cpu():
-    out = subprocess.run([sys.executable, "-m", "kernels.bench_sampling", "--smoke"], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "benchmarks.bench_sampling", "--smoke"], cwd=ROOT,
                          capture_output=True, text=True, timeout=300, check=True).stdout
     assert "sample legacy (+sync)" in out and "visual cfg R=4" in out
     assert "equal the plain full-vocabulary path: True" in out

@@ -3,7 +3,7 @@ each against the bytes roofline from a copy bandwidth measured in the same run. 
 CUDA-graph replays, as a decode step runs them (Triton's Python launch cost would otherwise
 dominate the small shapes).
 
-    python -m kernels.bench_skinny_gemm
+    python -m benchmarks.bench_skinny_gemm
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import measure_ceilings
-from kernels.bench_timing import cuda_graph_time
+from benchmarks.timing import cuda_graph_time
 from kernels.skinny_gemm import default_tiles, skinny_gemm
 
 SHAPES = {"qkv": (10240, 5120), "o": (5120, 8192), "gate_up": (51200, 5120),
