@@ -17,7 +17,7 @@ import pytest
 
 from emu35_proto.v1 import api_pb2
 
-from .bad_inputs import CASES, Case
+from tests.rpc.bad_inputs import CASES, Case
 
 pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
