@@ -47,8 +47,8 @@ def _items(args) -> list[PromptItem]:
     return items
 
 
-def _request(item, tok, vision, open_image):
-    from services.engine.request import Guidance, default_request
+def _request(item, tok, vision, open_image, max_context: int):
+    from services.engine.request import Guidance, default_request, with_budget
     from services.model.prompting import prepare_prompt
 
     images = [open_image(p) for p in item.images]
@@ -58,9 +58,9 @@ def _request(item, tok, vision, open_image):
         overrides["seed"] = item.seed
     if item.cfg is not None:
         overrides["guidance"] = Guidance(scale=item.cfg)
-    if item.max_new_tokens is not None:
-        overrides["max_new_tokens"] = item.max_new_tokens
     req = default_request(item.name, p.task, p.cond, p.uncond, **overrides)
+    req = with_budget(req, item.max_new_tokens, max_context, tok.vocab_size,
+                      sum(g.span_length for g in p.reference_grids), item.size is not None)
     return req, [png_bytes(im) for im in images]
 
 
@@ -87,12 +87,13 @@ def run(args) -> None:
     engine = Engine(model, tok, EngineConfig(sched))
     refs = {}
     for item in items:
-        req, ref_pngs = _request(item, tok, vision, _open_image)
-        refs[item.name] = [PngImage(b) for b in ref_pngs]
         try:
+            req, ref_pngs = _request(item, tok, vision, _open_image,
+                                     model.config.max_position_embeddings)
             engine.add_request(req)
         except RequestError as e:
             raise UsageError(f"prompt {item.name}: {e}") from None
+        refs[item.name] = [PngImage(b) for b in ref_pngs]
     out = Path(args.out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "proto").mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from emu35_proto.v1 import api_pb2, common_pb2, stages_pb2
 from services.engine.request import (Guidance, GuidanceMode, RequestError, SamplingParams,
-                                     StopRule, default_request)
+                                     StopRule, default_request, with_budget)
 from services.model.image_tokens import ImageGrid, image_span_ids
 from services.model.prompting import output_grid_for
 from services.model.response import BrokenImage, ImageEntry, IncompleteImage, PngImage, split_response
@@ -116,11 +116,13 @@ class Gateway:
             image=sampling_from_pb(pb.image_sampling, SamplingParams(d.image_top_k, d.image_top_p, d.image_temperature)),
             guidance=guidance,
             output_grid=output_grid_for(task, checked.size, checked.size_given, grids),
-            max_new_tokens=pb.max_new_tokens if pb.HasField("max_new_tokens") else d.max_new_tokens,
             stop=StopRule.EOI if pb.stop_at_image_end else StopRule.EOS,
             seed=pb.seed if pb.HasField("seed") else DEFAULT_SEED)
         try:
-            request.validate(self.tok.vocab_size, self.context_length)
+            request = with_budget(
+                request, pb.max_new_tokens if pb.HasField("max_new_tokens") else None,
+                self.context_length, self.tok.vocab_size, sum(len(s) for s in spans),
+                checked.size_given)
         except RequestError as e:
             raise InvalidArgument(str(e)) from None
         return request
