@@ -25,9 +25,10 @@ from services.model.image_tokens import parse_image_span
 from services.model.text_tokenizer import TextTokenizer
 from services.model.transformer import Emu35ForCausalLM
 
+from .admission import Admission
 from .detokenizer import IncrementalDetokenizer
 from .events import Event, Finished, ImageComplete, ImageProgress, ImageStarted, TextDelta, Usage
-from .grammar import GrammarState, Mode, StepKind, Transition, grid_from_prompt
+from .grammar import GrammarState, Mode, StepKind, Transition, grid_from_prompt, refusal
 from .request import GenerationRequest, GuidanceMode, RequestError, StopRule
 from .memory import plan_kv_cache
 from .runner import ModelRunner, StepInput, build_step_input
@@ -55,6 +56,13 @@ class EngineConfig:
     # step() launches the next forward before producing the last step's events, so the
     # device does not wait for them (False: each step() runs one step start to finish).
     pipeline: bool = True
+    # A step that raises fails the requests it was running and the engine goes on; this many
+    # failing in a row (a broken device, say) raise EngineDead instead.
+    max_failed_steps: int = 3
+
+
+class EngineDead(RuntimeError):
+    """The engine cannot serve any more (its steps keep failing); the message is the cause."""
 
 
 @dataclass
@@ -95,6 +103,7 @@ class _Settled:
     live: _Live
     reason: str | None = None  # set when this token ended the request
     total_s: float = 0.0
+    error: str | None = None   # with reason "error": what went wrong (Finished.error)
 
 
 class Engine:
@@ -108,6 +117,7 @@ class Engine:
             self.kv_plan = plan_kv_cache(model, sc, config.gpu_memory_utilization, config.attention)
             sc = replace(sc, num_blocks=self.kv_plan.num_blocks)
         self.scheduler = Scheduler(sc)
+        self.admission = Admission(sc.max_queue_delay_s)
         self.runner = ModelRunner(model, sc.num_blocks, sc.block_size, config.attention)
         if config.cuda_graphs and self.runner.can_capture_graphs:
             self.runner.capture_decode_graphs(sc.max_num_seqs)
@@ -117,6 +127,7 @@ class Engine:
         self.live: dict[str, _Live] = {}
         self.pending_events: list[Event] = []
         self.in_flight: _InFlight | None = None
+        self.failed_steps = 0  # consecutive
 
     # ------------------------------------------------------------------ requests
     def add_request(self, request: GenerationRequest) -> None:
@@ -126,6 +137,7 @@ class Engine:
             raise RequestError(f"request_id {request.request_id!r} is already in flight")
         group = self._new_group(request)
         self._check_capacity(group)
+        self.admission.check(self.scheduler, group)
         self.scheduler.add(group)
         self.groups[request.request_id] = group
         self.live[request.request_id] = _Live(IncrementalDetokenizer(self.tok))
@@ -168,7 +180,40 @@ class Engine:
     # ---------------------------------------------------------------------- step
     def step(self) -> list[Event]:
         """Finish the step in flight, launch the next one, then produce the finished step's
-        events while the device computes (with ``config.pipeline``; else one whole step)."""
+        events while the device computes (with ``config.pipeline``; else one whole step).
+
+        A step that raises ends the requests it was running with reason "error" (their
+        Finished events are returned) and the engine goes on with the queue;
+        ``config.max_failed_steps`` failures in a row raise :class:`EngineDead`."""
+        events, start = self.pending_events, time.monotonic()
+        try:
+            events = self._step()
+        except Exception as e:
+            return events + self._step_failed(e)
+        self.failed_steps = 0
+        if self.in_flight is not None:  # a busy step: its time feeds admission's estimate
+            self.admission.record_step(time.monotonic() - start)
+        return events
+
+    def _step_failed(self, cause: Exception) -> list[Event]:
+        """Fail every admitted request (its streams and KV may be half-updated), forget the
+        prefix cache (the failed step may have published blocks it never wrote), keep the
+        waiting ones."""
+        self.failed_steps += 1
+        message = f"engine step failed: {type(cause).__name__}: {cause}"
+        if self.failed_steps >= self.config.max_failed_steps:
+            raise EngineDead(f"{self.failed_steps} engine steps failed in a row; last: "
+                             f"{type(cause).__name__}: {cause}") from cause
+        log.error("%s; failing the running requests", message, exc_info=cause)
+        self.in_flight, self.pending_events = None, []
+        now, events = time.monotonic(), []
+        for group in [g for g in self.groups.values() if g.status is Status.RUNNING]:
+            live = self.live[group.request_id]
+            events += self._finished(group, live, "error", self._release(group, now), message)
+        self.scheduler.pool.forget_cached()
+        return events
+
+    def _step(self) -> list[Event]:
         events, self.pending_events = self.pending_events, []
         flight, self.in_flight = self.in_flight, None
         blind = flight is not None and flight.stand_ins is not None
@@ -183,15 +228,33 @@ class Engine:
             self._fill(settled, flight.read(), step_input)
         if plan.chunks:
             self._launch(plan, step_input)
-        elif self.scheduler.has_work() and not (settled or events or plan.preempted):
-            # Never spin silently: with nothing schedulable the queue cannot drain.
-            raise RuntimeError("engine made no progress: the waiting request cannot be "
-                               "admitted with the KV cache available")
+        if blind:
+            self._release_refused(settled)
+        if not plan.chunks and self.scheduler.has_work() and not (settled or events or plan.preempted):
+            # Never spin silently: the head of the queue cannot be admitted at all.
+            events += self._refuse_head()
         if self.in_flight and not self.config.pipeline:
             flight, self.in_flight = self.in_flight, None
             settled += self._settle(flight, flight.read())
         self._emit(settled, events)
         return events
+
+    def _release_refused(self, settled: list[_Settled]) -> None:
+        """Free the requests whose drawn token :meth:`_fill` refused; their row of the step
+        just launched runs on a harmless token, and its result is dropped."""
+        now = time.monotonic()
+        for d in settled:
+            if d.error is not None and d.group.status is Status.RUNNING:
+                d.total_s = self._release(d.group, now)
+
+    def _refuse_head(self) -> list[Event]:
+        """Fail the waiting request that cannot be admitted with the KV cache available (and
+        nothing running will free more), so the queue behind it drains."""
+        group = self.scheduler.waiting[0]
+        live = self.live[group.request_id]
+        total_s = self._release(group, time.monotonic())
+        return self._finished(group, live, "error", total_s,
+                              "the KV cache cannot hold this request's prompt")
 
     def _needs_logits(self, group: GuidanceGroup, role: Role) -> bool:
         return group.grammar.next_step()[0] is StepKind.VISUAL
@@ -261,19 +324,31 @@ class Engine:
     # ------------------------------------------------- settle (before the next launch)
     def _settle(self, flight: _InFlight, tokens: list[int]) -> list[_Settled]:
         """Apply a step's tokens as far as the next schedule depends on them: streams,
-        grammar, stops and frees. Everything else waits for :meth:`_emit`."""
+        grammar, stops and frees. Everything else waits for :meth:`_emit`. Drawn tokens are
+        checked against the grammar here; stand-ins are checked by :meth:`_fill`."""
         now = time.monotonic()
-        return [self._advance(g, t, now, row)
+        drawn = tokens is not flight.stand_ins
+        return [self._advance(g, t, now, row, drawn)
                 for row, (g, t) in enumerate(zip(flight.groups, tokens))
                 if g.status is Status.RUNNING]  # aborted since the launch: token dropped
 
-    @staticmethod
-    def _fill(settled: list[_Settled], tokens: list[int], step_input: StepInput | None) -> None:
+    def _fill(self, settled: list[_Settled], tokens: list[int], step_input: StepInput | None
+              ) -> None:
         """Replace the stand-ins (``_InFlight``) by the drawn tokens: in the streams, and in the
-        next step's input, where a stand-in can only be a row's last token."""
+        next step's input, where a stand-in can only be a row's last token. A drawn token that
+        is not a visual id marks its request failed (released after the launch) and enters the
+        launched step as a harmless visual id, so no other row's forward sees it."""
+        safe = self.tok.special.visual_base
         for d in settled:
             if d.token < 0:
-                d.token = token = tokens[d.row]
+                token = tokens[d.row]
+                # a stand-in stood for a visual token (the grammar has moved past it)
+                problem = refusal(self.tok.special, StepKind.VISUAL, -1, token,
+                                  self.tok.vocab_size)
+                if problem is not None:
+                    d.reason, d.error = "error", problem
+                    tokens[d.row] = token = safe
+                d.token = token
                 d.group.output[-1] = token
                 for seq in d.group.seqs.values():  # the guides took it too (image mode)
                     seq.tokens[-1] = token
@@ -283,8 +358,15 @@ class Engine:
                 if ids[end - 1] < 0:
                     ids[end - 1] = tokens[-ids[end - 1] - 1]
 
-    def _advance(self, group: GuidanceGroup, token: int, now: float, row: int) -> _Settled:
+    def _advance(self, group: GuidanceGroup, token: int, now: float, row: int,
+                 drawn: bool = True) -> _Settled:
         g = group.grammar
+        problem = g.refuses(token, self.tok.vocab_size) if drawn else None
+        if problem is not None:  # this request alone ends; its token never reaches the model
+            done = _Settled(group, token, row, False, Transition(), g.images_done,
+                            self.live[group.request_id], reason="error", error=problem)
+            done.total_s = self._release(group, now)
+            return done
         group.first_token_at = group.first_token_at or now
         was_image = g.in_image()
         group.cond.tokens.append(token)
@@ -328,19 +410,32 @@ class Engine:
     # ---------------------------------------------------- emit (while the device runs)
     def _emit(self, settled: list[_Settled], events: list[Event]) -> None:
         for d in settled:
-            rid, tr = d.group.request_id, d.tr
-            if not d.was_image and not tr.image_entered:
-                out = d.live.detok.push(d.token)
-            elif tr.image_entered:
-                out = d.live.detok.flush()
-            else:
-                out = None
-            if out:
-                events.append(TextDelta(rid, out[1], out[0]))
-            if tr.image_started or tr.row_done is not None:
-                self._image_events(d, events)
-            if d.reason:
-                events += self._finished(d.group, d.live, d.reason, d.total_s)
+            try:
+                self._emit_one(d, events)
+            except Exception as e:  # e.g. an image span that does not parse: this request ends
+                log.exception("request %s: its events failed", d.group.request_id)
+                if d.group.status is Status.RUNNING:
+                    d.total_s = self._release(d.group, time.monotonic())
+                events += self._finished(d.group, d.live, "error", d.total_s,
+                                         f"internal error ({type(e).__name__}: {e})")
+
+    def _emit_one(self, d: _Settled, events: list[Event]) -> None:
+        rid, tr = d.group.request_id, d.tr
+        if d.error is not None:  # the token was refused: nothing of it is shown
+            events += self._finished(d.group, d.live, "error", d.total_s, d.error)
+            return
+        if not d.was_image and not tr.image_entered:
+            out = d.live.detok.push(d.token)
+        elif tr.image_entered:
+            out = d.live.detok.flush()
+        else:
+            out = None
+        if out:
+            events.append(TextDelta(rid, out[1], out[0]))
+        if tr.image_started or tr.row_done is not None:
+            self._image_events(d, events)
+        if d.reason:
+            events += self._finished(d.group, d.live, d.reason, d.total_s)
 
     def _image_events(self, d: _Settled, events: list[Event]) -> None:
         rid, tr, index = d.group.request_id, d.tr, d.image_index
@@ -354,11 +449,13 @@ class Engine:
             events.append(ImageComplete(rid, index, parse_image_span(self.tok, toks[boi:])))
 
     @staticmethod
-    def _finished(group: GuidanceGroup, live: _Live, reason: str, total_s: float) -> list[Event]:
-        """The request's last events: text the detokenizer held back, then Finished."""
-        out = live.detok.flush()
+    def _finished(group: GuidanceGroup, live: _Live, reason: str, total_s: float,
+                  error: str | None = None) -> list[Event]:
+        """The request's last events: text the detokenizer held back, then Finished
+        (``error``: with reason "error", what went wrong, for the caller)."""
+        out = live.detok.flush() if reason not in ("aborted", "error") else None
         events: list[Event] = []
-        if out and reason != "aborted":
+        if out:
             events.append(TextDelta(group.request_id, out[1], out[0]))
         req = group.request
         usage = Usage(
@@ -369,5 +466,5 @@ class Engine:
             first_token_s=None if group.first_token_at is None else group.first_token_at - group.arrival,
             total_s=total_s)
         events.append(Finished(group.request_id, reason, usage, tuple(group.output),
-                               incomplete_image=group.grammar.mode is not Mode.TEXT))
+                               incomplete_image=group.grammar.mode is not Mode.TEXT, error=error))
         return events
