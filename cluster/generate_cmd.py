@@ -24,7 +24,8 @@ def add_arguments(p) -> None:
     p.add_argument("--max-new-tokens", type=int, help="token budget (default: the task's)")
     p.add_argument("--out", default="out", help="output directory")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    p.add_argument("--num-blocks", type=int, default=None, help="KV cache blocks (default: sized to fit)")
+    p.add_argument("--num-blocks", type=int, default=None,
+                   help="KV cache blocks (default: auto, as serve: measured on CUDA, 4096 on CPU)")
 
 
 def _items(args) -> list[PromptItem]:
@@ -83,7 +84,7 @@ def run(args) -> None:
     device = torch.device(args.device)
     model, tok = load_checkpoint(args.model, device=device, tokenizer_dir=args.tokenizer)
     vision = VisionTokenizer.from_dir(args.vision_tokenizer, device=device)
-    sched = SchedulerConfig(num_blocks=args.num_blocks or _default_blocks(model, items))
+    sched = SchedulerConfig(num_blocks=args.num_blocks)  # None: auto (services/engine/memory.py)
     engine = Engine(model, tok, EngineConfig(sched))
     refs = {}
     for item in items:
@@ -111,18 +112,3 @@ def run(args) -> None:
                           {"model": str(args.model), "vision_tokenizer": str(args.vision_tokenizer),
                            "device": str(device), "seconds": time.monotonic() - start})
     print(path)
-
-
-def _default_blocks(model, items) -> int:
-    """Enough KV blocks for every request at once, capped by the device's free memory."""
-    import torch
-
-    from services.engine.scheduler import SchedulerConfig
-
-    cfg = model.config
-    per_block = (SchedulerConfig().block_size * 2 * cfg.num_hidden_layers * cfg.kv_size
-                 * model.lm_head.weight.element_size())
-    if model.device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(model.device)
-        return max(64, int(free * 0.8) // per_block)
-    return 4096

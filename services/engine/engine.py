@@ -30,7 +30,7 @@ from .detokenizer import IncrementalDetokenizer
 from .events import Event, Finished, ImageComplete, ImageProgress, ImageStarted, TextDelta, Usage
 from .grammar import GrammarState, Mode, StepKind, Transition, grid_from_prompt, refusal
 from .request import GenerationRequest, GuidanceMode, RequestError, StopRule
-from .memory import plan_kv_cache
+from .memory import CPU_KV_BLOCKS, plan_kv_cache
 from .runner import ModelRunner, StepInput, build_step_input
 from .rng import token_uniform
 from .sampler import GrammarMasks, PendingTokens, RowSampling, SamplingBatch, draw
@@ -59,6 +59,13 @@ class EngineConfig:
     # A step that raises fails the requests it was running and the engine goes on; this many
     # failing in a row (a broken device, say) raise EngineDead instead.
     max_failed_steps: int = 3
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got "
+                             f"{self.gpu_memory_utilization}")
+        if self.max_failed_steps < 1:
+            raise ValueError(f"max_failed_steps must be >= 1, got {self.max_failed_steps}")
 
 
 class EngineDead(RuntimeError):
@@ -113,9 +120,11 @@ class Engine:
         self.model, self.tok, self.config = model, tok, config
         sc = config.scheduler
         self.kv_plan = None
-        if sc.num_blocks is None:
+        if sc.num_blocks is None and model.device.type == "cuda":
             self.kv_plan = plan_kv_cache(model, sc, config.gpu_memory_utilization, config.attention)
             sc = replace(sc, num_blocks=self.kv_plan.num_blocks)
+        elif sc.num_blocks is None:
+            sc = replace(sc, num_blocks=CPU_KV_BLOCKS)
         self.scheduler = Scheduler(sc)
         self.admission = Admission(sc.max_queue_delay_s)
         self.runner = ModelRunner(model, sc.num_blocks, sc.block_size, config.attention)

@@ -21,7 +21,8 @@ class SchedulerConfig:
     # and the work ahead, admission.py) is refused at once with a retry hint.
     max_queue_delay_s: float = 30.0
     block_size: int = 16
-    num_blocks: int | None = 1024   # None: sized from free GPU memory (engine.py)
+    # KV cache blocks; None (kv_blocks: auto): measured on CUDA, memory.CPU_KV_BLOCKS else
+    num_blocks: int | None = None
 
 
 @dataclass
