@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from kernels.registry import guided_scores_impl
+from kernels.registry import KernelChoice, guided_scores_impl
 from kernels.sampling import GUIDE_CFG, GUIDE_NONE, GUIDE_THREE_WAY
 from services.model.image_tokens import parse_image_span
 from services.model.text_tokenizer import TextTokenizer
@@ -46,21 +46,28 @@ _BLIND_KINDS = (StepKind.VISUAL, StepKind.FORCED)
 @dataclass(frozen=True)
 class EngineConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
-    attention: str | None = None  # "reference" | "triton" | "flash"; None picks by device
+    attention: str | None = None  # "reference" | "triton" | "flash"; None: kernels.attention
     # Decode steps replay CUDA graphs when the device and attention allow (runner.py).
     cuda_graphs: bool = True
     # With scheduler.num_blocks None, the KV cache takes what this fraction of the device's
     # memory leaves after weights, activations and graphs (memory.py).
     gpu_memory_utilization: float = 0.90
-    sampling: str | None = None   # guided scores: "reference" | "triton"; None picks by device
+    sampling: str | None = None   # guided scores: "reference" | "triton"; None: kernels.sampling
     # step() launches the next forward before producing the last step's events, so the
     # device does not wait for them (False: each step() runs one step start to finish).
     pipeline: bool = True
     # A step that raises fails the requests it was running and the engine goes on; this many
     # failing in a row (a broken device, say) raise EngineDead instead.
     max_failed_steps: int = 3
+    # Every kernel switch, resolved once: from the EMU35_* environment when the config is
+    # made (the model and runner take it from here; no forward reads the environment).
+    # ``attention`` and ``sampling`` above, when set, override it.
+    kernels: KernelChoice = field(default_factory=KernelChoice.from_env)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "kernels", replace(
+            self.kernels, attention=self.attention or self.kernels.attention,
+            sampling=self.sampling or self.kernels.sampling))
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got "
                              f"{self.gpu_memory_utilization}")
@@ -118,20 +125,22 @@ class Engine:
         if model.config.vocab_size != tok.vocab_size:
             raise ValueError(f"model vocab_size {model.config.vocab_size} != tokenizer {tok.vocab_size}")
         self.model, self.tok, self.config = model, tok, config
+        model.use_kernels(config.kernels)
         sc = config.scheduler
         self.kv_plan = None
         if sc.num_blocks is None and model.device.type == "cuda":
-            self.kv_plan = plan_kv_cache(model, sc, config.gpu_memory_utilization, config.attention)
+            self.kv_plan = plan_kv_cache(model, sc, config.gpu_memory_utilization,
+                                         config.kernels.attention)
             sc = replace(sc, num_blocks=self.kv_plan.num_blocks)
         elif sc.num_blocks is None:
             sc = replace(sc, num_blocks=CPU_KV_BLOCKS)
         self.scheduler = Scheduler(sc)
         self.admission = Admission(sc.max_queue_delay_s)
-        self.runner = ModelRunner(model, sc.num_blocks, sc.block_size, config.attention)
+        self.runner = ModelRunner(model, sc.num_blocks, sc.block_size, config.kernels.attention)
         if config.cuda_graphs and self.runner.can_capture_graphs:
             self.runner.capture_decode_graphs(sc.max_num_seqs)
         self.masks = GrammarMasks(tok.special, tok.vocab_size, model.device)
-        self.guided_scores = guided_scores_impl(model.device, config.sampling)
+        self.guided_scores = guided_scores_impl(model.device, config.kernels.sampling)
         self.groups: dict[str, GuidanceGroup] = {}
         self.live: dict[str, _Live] = {}
         self.pending_events: list[Event] = []
@@ -293,7 +302,8 @@ class Engine:
         cond = torch.stack([rows[(id(g), Role.COND)] for g in groups])  # [R, V]
         uncond = self._guide_logits(groups, rows, Role.UNCOND)
         full = self._guide_logits(groups, rows, Role.FULL_UNCOND)
-        flight.tokens = draw(cond, uncond, full, batch, self.masks, self.guided_scores)
+        flight.tokens = draw(cond, uncond, full, batch, self.masks, self.guided_scores,
+                             self.config.kernels.draw)
         if self.config.pipeline and all(k in _BLIND_KINDS for k, _ in kinds):
             flight.stand_ins = [f if f >= 0 else -(i + 1) for i, (_, f) in enumerate(kinds)]
 

@@ -147,15 +147,16 @@ class PendingTokens:
 
 def draw(cond: torch.Tensor, uncond: torch.Tensor | None, full_uncond: torch.Tensor | None,
          batch: SamplingBatch, masks: GrammarMasks,
-         guided_scores: Callable | None = None) -> PendingTokens:
+         guided_scores: Callable | None = None, select: str | None = None) -> PendingTokens:
     """Launch the sampling of a step without waiting for it. cond: fp32 logits [R, V];
     uncond/full_uncond: [R, V] (read only on rows whose ``batch.guide`` asks for them) or
-    None. ``guided_scores``: the kernel (default: the registry's choice for the device)."""
+    None. ``guided_scores``: the kernel (default: the registry's choice for the device);
+    ``select``: the top-k draw path (``KernelChoice.draw``; None: by device)."""
     guided_scores = guided_scores or guided_scores_impl(cond.device)
     scores = guided_scores(cond, uncond, full_uncond, batch.guide, batch.cfg_scale,
                            batch.image_cfg_scale, masks.table, batch.mask_row,
                            batch.temperature)                       # [R, V] fp32
-    drawn = draw_tokens(scores, batch.top_k, batch.top_p, batch.uniforms, batch.plan)
+    drawn = draw_tokens(scores, batch.top_k, batch.top_p, batch.uniforms, batch.plan, select)
     drawn = torch.where(torch.isnan(scores).any(-1), INVALID_TOKEN, drawn)
     return PendingTokens(drawn, scores, batch)
 
