@@ -84,7 +84,9 @@ def run(args) -> None:
     device = torch.device(args.device)
     model, tok = load_checkpoint(args.model, device=device, tokenizer_dir=args.tokenizer)
     vision = VisionTokenizer.from_dir(args.vision_tokenizer, device=device)
-    sched = SchedulerConfig(num_blocks=args.num_blocks)  # None: auto (services/engine/memory.py)
+    # num_blocks None: auto (services/engine/memory.py); the whole batch queues at once.
+    sched = SchedulerConfig(num_blocks=args.num_blocks, max_waiting=max(len(items), 1),
+                            max_queue_delay_s=None)
     engine = Engine(model, tok, EngineConfig(sched))
     refs = {}
     for item in items:

@@ -45,7 +45,7 @@ def footprint(group: GuidanceGroup, block_size: int) -> int:
 class Admission:
     """Judges new requests against the scheduler's load; fed the engine's step times."""
 
-    def __init__(self, max_queue_delay_s: float):
+    def __init__(self, max_queue_delay_s: float | None):
         self.max_queue_delay_s = max_queue_delay_s
         self.step_s: float | None = None  # moving average of busy steps
 
@@ -56,10 +56,12 @@ class Admission:
     def check(self, scheduler: Scheduler, group: GuidanceGroup) -> None:
         """Return if ``group`` can start within ``max_queue_delay_s``; else raise QueueFull."""
         cfg = scheduler.config
-        wait_s = self.wait_s(scheduler, group)
         if len(scheduler.waiting) >= cfg.max_waiting:
             raise QueueFull(f"waiting queue full ({cfg.max_waiting} requests)",
-                            max(wait_s, MIN_RETRY_S))
+                            max(self.wait_s(scheduler, group), MIN_RETRY_S))
+        if self.max_queue_delay_s is None:
+            return
+        wait_s = self.wait_s(scheduler, group)
         if wait_s > self.max_queue_delay_s:
             pool = scheduler.pool
             raise QueueFull(

@@ -18,8 +18,9 @@ class SchedulerConfig:
     max_batched_tokens: int = 2048    # tokens per step (prefill chunks + decode)
     max_waiting: int = 256            # bounded queue: beyond it requests are refused
     # A request the engine could not start within this (estimated from its KV blocks, rows
-    # and the work ahead, admission.py) is refused at once with a retry hint.
-    max_queue_delay_s: float = 30.0
+    # and the work ahead, admission.py) is refused at once with a retry hint; None: never
+    # (offline batches queue everything).
+    max_queue_delay_s: float | None = 30.0
     block_size: int = 16
     # KV cache blocks; None (kv_blocks: auto): measured on CUDA, memory.CPU_KV_BLOCKS else
     num_blocks: int | None = None
