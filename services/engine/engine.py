@@ -9,23 +9,24 @@ settles them (streams, grammar, stops, frees), schedules and launches step N+1, 
 makes step N's events (detokenizer, image events, Finished), which the caller handles while
 the device computes. When every row of step N is a forced or visual token, nothing the
 schedule needs depends on the drawn values, so step N+1 is even planned before the sync
-(``_InFlight``). ``EngineConfig(pipeline=False)`` runs one whole step per call instead.
+(``InFlight``). ``EngineConfig(pipeline=False)`` runs one whole step per call instead.
 """
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import torch
 
-from kernels.registry import KernelChoice, guided_scores_impl
+from kernels.registry import guided_scores_impl
 from kernels.sampling import GUIDE_CFG, GUIDE_NONE, GUIDE_THREE_WAY
 from services.model.image_tokens import parse_image_span
 from services.model.text_tokenizer import TextTokenizer
 from services.model.transformer import Emu35ForCausalLM
 
 from .admission import Admission
+from .config import EngineConfig, EngineDead
 from .detokenizer import IncrementalDetokenizer
 from .events import Event, Finished, ImageComplete, ImageProgress, ImageStarted, TextDelta, Usage
 from .grammar import GrammarState, Mode, StepKind, Transition, grid_from_prompt, refusal
@@ -33,91 +34,17 @@ from .request import GenerationRequest, GuidanceMode, RequestError, StopRule
 from .memory import CPU_KV_BLOCKS, plan_kv_cache
 from .runner import ModelRunner, StepInput, build_step_input
 from .rng import token_uniform
-from .sampler import GrammarMasks, PendingTokens, RowSampling, SamplingBatch, draw
-from .scheduler import Scheduler, SchedulerConfig, StepPlan
+from .sampler import GrammarMasks, RowSampling, SamplingBatch, draw
+from .scheduler import Scheduler, StepPlan
 from .sequence import GuidanceGroup, Role, Sequence, Status
+from .step_state import InFlight, Live, Settled
+
+__all__ = ["Engine", "EngineConfig", "EngineDead"]
 
 log = logging.getLogger(__name__)
 
-# Step kinds whose token does not change what comes next (see _InFlight).
+# Step kinds whose token does not change what comes next (see InFlight).
 _BLIND_KINDS = (StepKind.VISUAL, StepKind.FORCED)
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
-    attention: str | None = None  # "reference" | "triton" | "flash"; None: kernels.attention
-    # Decode steps replay CUDA graphs when the device and attention allow (runner.py).
-    cuda_graphs: bool = True
-    # With scheduler.num_blocks None, the KV cache takes what this fraction of the device's
-    # memory leaves after weights, activations and graphs (memory.py).
-    gpu_memory_utilization: float = 0.90
-    sampling: str | None = None   # guided scores: "reference" | "triton"; None: kernels.sampling
-    # step() launches the next forward before producing the last step's events, so the
-    # device does not wait for them (False: each step() runs one step start to finish).
-    pipeline: bool = True
-    # A step that raises fails the requests it was running and the engine goes on; this many
-    # failing in a row (a broken device, say) raise EngineDead instead.
-    max_failed_steps: int = 3
-    # Every kernel switch, resolved once: from the EMU35_* environment when the config is
-    # made (the model and runner take it from here; no forward reads the environment).
-    # ``attention`` and ``sampling`` above, when set, override it.
-    kernels: KernelChoice = field(default_factory=KernelChoice.from_env)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "kernels", replace(
-            self.kernels, attention=self.attention or self.kernels.attention,
-            sampling=self.sampling or self.kernels.sampling))
-        if not 0.0 < self.gpu_memory_utilization <= 1.0:
-            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got "
-                             f"{self.gpu_memory_utilization}")
-        if self.max_failed_steps < 1:
-            raise ValueError(f"max_failed_steps must be >= 1, got {self.max_failed_steps}")
-
-
-class EngineDead(RuntimeError):
-    """The engine cannot serve any more (its steps keep failing); the message is the cause."""
-
-
-@dataclass
-class _Live:
-    """Per-request engine state beside the group (detokenizer, timings)."""
-
-    detok: IncrementalDetokenizer
-    scheduled_at: float | None = None
-
-
-@dataclass
-class _InFlight:
-    """A launched step whose tokens the host has not read yet.
-
-    ``stand_ins``: when every sampling row is a forced or a visual token, what the next
-    schedule needs does not depend on the drawn values (a visual token only moves the grammar
-    one place on; forced tokens are known), so the step is settled before the sync with the
-    forced tokens and a placeholder -(row + 1) per visual token, patched in once read."""
-
-    groups: list[GuidanceGroup]   # the groups that sample, in token order
-    tokens: PendingTokens | None  # None: prefill chunks only
-    stand_ins: list[int] | None = None
-
-    def read(self) -> list[int]:
-        return self.tokens.read() if self.tokens is not None else []
-
-
-@dataclass
-class _Settled:
-    """One sampled token applied to its group; its events come after the next launch."""
-
-    group: GuidanceGroup
-    token: int                 # a stand-in (< 0) until _fill
-    row: int                   # in the step's sampling rows
-    was_image: bool
-    tr: Transition
-    image_index: int
-    live: _Live
-    reason: str | None = None  # set when this token ended the request
-    total_s: float = 0.0
-    error: str | None = None   # with reason "error": what went wrong (Finished.error)
 
 
 class Engine:
@@ -142,9 +69,9 @@ class Engine:
         self.masks = GrammarMasks(tok.special, tok.vocab_size, model.device)
         self.guided_scores = guided_scores_impl(model.device, config.kernels.sampling)
         self.groups: dict[str, GuidanceGroup] = {}
-        self.live: dict[str, _Live] = {}
+        self.live: dict[str, Live] = {}
         self.pending_events: list[Event] = []
-        self.in_flight: _InFlight | None = None
+        self.in_flight: InFlight | None = None
         self.failed_steps = 0  # consecutive
 
     # ------------------------------------------------------------------ requests
@@ -158,7 +85,7 @@ class Engine:
         self.admission.check(self.scheduler, group)
         self.scheduler.add(group)
         self.groups[request.request_id] = group
-        self.live[request.request_id] = _Live(IncrementalDetokenizer(self.tok))
+        self.live[request.request_id] = Live(IncrementalDetokenizer(self.tok))
 
     def abort(self, request_id: str) -> bool:
         """Stop a request now and free its KV blocks; its Finished event comes next step and
@@ -257,7 +184,7 @@ class Engine:
         self._emit(settled, events)
         return events
 
-    def _release_refused(self, settled: list[_Settled]) -> None:
+    def _release_refused(self, settled: list[Settled]) -> None:
         """Free the requests whose drawn token :meth:`_fill` refused; their row of the step
         just launched runs on a harmless token, and its result is dropped."""
         now = time.monotonic()
@@ -292,11 +219,11 @@ class Engine:
             if c.need_logits:
                 rows[(id(c.group), c.seq.role)] = logits[i]
                 i += 1
-        self.in_flight = _InFlight(plan.sampling, None)
+        self.in_flight = InFlight(plan.sampling, None)
         if plan.sampling:
             self._launch_sampling(self.in_flight, rows)
 
-    def _launch_sampling(self, flight: _InFlight, rows) -> None:
+    def _launch_sampling(self, flight: InFlight, rows) -> None:
         groups = flight.groups
         batch, kinds = self._sampling_batch(groups)
         cond = torch.stack([rows[(id(g), Role.COND)] for g in groups])  # [R, V]
@@ -341,7 +268,7 @@ class Engine:
         return grid is None or grid.span_length <= left
 
     # ------------------------------------------------- settle (before the next launch)
-    def _settle(self, flight: _InFlight, tokens: list[int]) -> list[_Settled]:
+    def _settle(self, flight: InFlight, tokens: list[int]) -> list[Settled]:
         """Apply a step's tokens as far as the next schedule depends on them: streams,
         grammar, stops and frees. Everything else waits for :meth:`_emit`. Drawn tokens are
         checked against the grammar here; stand-ins are checked by :meth:`_fill`."""
@@ -351,9 +278,9 @@ class Engine:
                 for row, (g, t) in enumerate(zip(flight.groups, tokens))
                 if g.status is Status.RUNNING]  # aborted since the launch: token dropped
 
-    def _fill(self, settled: list[_Settled], tokens: list[int], step_input: StepInput | None
+    def _fill(self, settled: list[Settled], tokens: list[int], step_input: StepInput | None
               ) -> None:
-        """Replace the stand-ins (``_InFlight``) by the drawn tokens: in the streams, and in the
+        """Replace the stand-ins (``InFlight``) by the drawn tokens: in the streams, and in the
         next step's input, where a stand-in can only be a row's last token. A drawn token that
         is not a visual id marks its request failed (released after the launch) and enters the
         launched step as a harmless visual id, so no other row's forward sees it."""
@@ -378,11 +305,11 @@ class Engine:
                     ids[end - 1] = tokens[-ids[end - 1] - 1]
 
     def _advance(self, group: GuidanceGroup, token: int, now: float, row: int,
-                 drawn: bool = True) -> _Settled:
+                 drawn: bool = True) -> Settled:
         g = group.grammar
         problem = g.refuses(token, self.tok.vocab_size) if drawn else None
         if problem is not None:  # this request alone ends; its token never reaches the model
-            done = _Settled(group, token, row, False, Transition(), g.images_done,
+            done = Settled(group, token, row, False, Transition(), g.images_done,
                             self.live[group.request_id], reason="error", error=problem)
             done.total_s = self._release(group, now)
             return done
@@ -393,7 +320,7 @@ class Engine:
         tr = g.advance(token)
         if was_image or tr.image_entered:
             self._feed_guides(group, token, tr.image_entered)
-        done = _Settled(group, token, row, was_image, tr, g.images_done - int(tr.image_done),
+        done = Settled(group, token, row, was_image, tr, g.images_done - int(tr.image_done),
                         self.live[group.request_id])
         done.reason = self._stop_reason(group, token)
         if done.reason:
@@ -427,7 +354,7 @@ class Engine:
         return now - group.arrival
 
     # ---------------------------------------------------- emit (while the device runs)
-    def _emit(self, settled: list[_Settled], events: list[Event]) -> None:
+    def _emit(self, settled: list[Settled], events: list[Event]) -> None:
         for d in settled:
             try:
                 self._emit_one(d, events)
@@ -438,7 +365,7 @@ class Engine:
                 events += self._finished(d.group, d.live, "error", d.total_s,
                                          f"internal error ({type(e).__name__}: {e})")
 
-    def _emit_one(self, d: _Settled, events: list[Event]) -> None:
+    def _emit_one(self, d: Settled, events: list[Event]) -> None:
         rid, tr = d.group.request_id, d.tr
         if d.error is not None:  # the token was refused: nothing of it is shown
             events += self._finished(d.group, d.live, "error", d.total_s, d.error)
@@ -456,7 +383,7 @@ class Engine:
         if d.reason:
             events += self._finished(d.group, d.live, d.reason, d.total_s)
 
-    def _image_events(self, d: _Settled, events: list[Event]) -> None:
+    def _image_events(self, d: Settled, events: list[Event]) -> None:
         rid, tr, index = d.group.request_id, d.tr, d.image_index
         if tr.image_started:
             events.append(ImageStarted(rid, index, tr.image_started.h, tr.image_started.w))
@@ -468,7 +395,7 @@ class Engine:
             events.append(ImageComplete(rid, index, parse_image_span(self.tok, toks[boi:])))
 
     @staticmethod
-    def _finished(group: GuidanceGroup, live: _Live, reason: str, total_s: float,
+    def _finished(group: GuidanceGroup, live: Live, reason: str, total_s: float,
                   error: str | None = None) -> list[Event]:
         """The request's last events: text the detokenizer held back, then Finished
         (``error``: with reason "error", what went wrong, for the caller)."""
