@@ -49,7 +49,7 @@ def add_arguments(p) -> None:
     p.add_argument("--out", default="out", metavar="DIR", help="output directory (default: out)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     p.add_argument("--num-blocks", type=int, default=None, metavar="N",
-                   help="KV cache blocks (default: sized to fit)")
+                   help="KV cache blocks (default: auto, as serve: measured on CUDA, 4096 on CPU)")
 
 
 def _items(args) -> list[PromptItem]:
@@ -147,8 +147,8 @@ def _check_out(out: Path) -> None:
         raise UsageError(f"--out: cannot write in {parent}")
 
 
-def _request(item, tok, vision, open_image):
-    from services.engine.request import Guidance, default_request
+def _request(item, tok, vision, open_image, max_context: int):
+    from services.engine.request import Guidance, default_request, with_budget
     from services.model.prompting import prepare_prompt
 
     images = [open_image(p) for p in item.images]
@@ -158,9 +158,9 @@ def _request(item, tok, vision, open_image):
         overrides["seed"] = item.seed
     if item.cfg is not None:
         overrides["guidance"] = Guidance(scale=item.cfg)
-    if item.max_new_tokens is not None:
-        overrides["max_new_tokens"] = item.max_new_tokens
     req = default_request(item.name, p.task, p.cond, p.uncond, **overrides)
+    req = with_budget(req, item.max_new_tokens, max_context, tok.vocab_size,
+                      sum(g.span_length for g in p.reference_grids), item.size is not None)
     return req, [png_bytes(im) for im in images]
 
 
@@ -181,16 +181,19 @@ def run(args) -> None:
     device = torch.device(args.device)
     model, tok = load_checkpoint(args.model, device=device, tokenizer_dir=args.tokenizer)
     vision = VisionTokenizer.from_dir(args.vision_tokenizer, device=device)
-    sched = SchedulerConfig(num_blocks=args.num_blocks or _default_blocks(model, items))
+    # num_blocks None: auto (services/engine/memory.py); the whole batch queues at once.
+    sched = SchedulerConfig(num_blocks=args.num_blocks, max_waiting=max(len(items), 1),
+                            max_queue_delay_s=None)
     engine = Engine(model, tok, EngineConfig(sched))
     refs, requests = {}, {}
     for item in items:
-        req, ref_pngs = _request(item, tok, vision, _open_image)
-        refs[item.name], requests[item.name] = [PngImage(b) for b in ref_pngs], req
         try:
+            req, ref_pngs = _request(item, tok, vision, _open_image,
+                                     model.config.max_position_embeddings)
             engine.add_request(req)
         except RequestError as e:
             raise UsageError(f"prompt {item.name}: {e}") from None
+        refs[item.name], requests[item.name] = [PngImage(b) for b in ref_pngs], req
     from services.storage import LocalResultStore
     store = LocalResultStore(args.out)
     results, progress, start = {}, Progress(len(items)), time.monotonic()
@@ -209,18 +212,3 @@ def run(args) -> None:
                           {"model": str(args.model), "vision_tokenizer": str(args.vision_tokenizer),
                            "device": str(device), "seconds": time.monotonic() - start})
     print(path)
-
-
-def _default_blocks(model, items) -> int:
-    """Enough KV blocks for every request at once, capped by the device's free memory."""
-    import torch
-
-    from services.engine.scheduler import SchedulerConfig
-
-    cfg = model.config
-    per_block = (SchedulerConfig().block_size * 2 * cfg.num_hidden_layers * cfg.kv_size
-                 * model.lm_head.weight.element_size())
-    if model.device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(model.device)
-        return max(64, int(free * 0.8) // per_block)
-    return 4096

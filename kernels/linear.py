@@ -9,21 +9,19 @@ bit-identical to the unfused kernels, see tests/kernels/test_decode_fusion.py):
 - :func:`linear_silu_mul` runs a stacked [gate; up] projection with SiLU * mul in the GEMM's
   epilogue (:mod:`kernels.skinny_swiglu`).
 
-``EMU35_SKINNY_GEMM=0`` turns the kernel (and both fusions) off. Triton is imported only on
-first CUDA use, so CPU-only use never imports it.
+``skinny=False`` (``KernelChoice.skinny_gemm``, ``EMU35_SKINNY_GEMM=0``) turns the kernel (and
+both fusions) off. Triton is imported only on first CUDA use, so CPU-only use never imports it.
 """
 from __future__ import annotations
 
 import functools
 import importlib.util
-import os
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-ENV_VAR = "EMU35_SKINNY_GEMM"
 MAX_ROWS = 16  # H200 sweep: at 64 rows cuBLAS is as fast (benchmarks/RESULTS.md)
 
 
@@ -72,30 +70,32 @@ def _skinny_kernels():
 def _skinny(x: torch.Tensor, w: torch.Tensor):
     """The skinny kernels when they apply to (x, w), else None."""
     if x.is_cuda and x.dim() == 2 and 0 < x.shape[0] <= MAX_ROWS and x.stride(1) == 1 \
-            and w.stride(1) == 1 and x.dtype == w.dtype and os.environ.get(ENV_VAR) != "0":
+            and w.stride(1) == 1 and x.dtype == w.dtype:
         return _skinny_kernels()
     return None
 
 
-def linear(x: torch.Tensor, w: torch.Tensor, defer_split_sum: bool = False
-           ) -> torch.Tensor | SplitKPartials:
+def linear(x: torch.Tensor, w: torch.Tensor, defer_split_sum: bool = False,
+           skinny: bool = True) -> torch.Tensor | SplitKPartials:
     """x: [..., K], w: [N, K] -> [..., N] (no bias). With ``defer_split_sum`` a split-K skinny
-    GEMM returns its unsummed :class:`SplitKPartials` (one launch fewer)."""
-    kernels = _skinny(x, w)
+    GEMM returns its unsummed :class:`SplitKPartials` (one launch fewer); ``skinny=False``
+    never takes the skinny kernel."""
+    kernels = _skinny(x, w) if skinny else None
     if kernels is not None:
         out = kernels[0](x, w, defer_split_sum=defer_split_sum)
         return SplitKPartials(out, x.dtype) if out.dim() == 3 else out
     return F.linear(x, w)
 
 
-def linear_silu_mul(x: torch.Tensor, w: torch.Tensor, silu_mul: Callable, fuse: bool = True
-                    ) -> torch.Tensor:
+def linear_silu_mul(x: torch.Tensor, w: torch.Tensor, silu_mul: Callable, fuse: bool = True,
+                    skinny: bool = True) -> torch.Tensor:
     """``silu_mul(linear(x, w))`` for a stacked [gate; up] weight w [2F, K] -> [..., F]; with
     ``fuse``, one launch where the skinny kernel applies (it must be the Triton silu_mul
-    that ``silu_mul`` stands for: the epilogue reproduces that kernel's rounding)."""
-    kernels = _skinny(x, w) if fuse else None
+    that ``silu_mul`` stands for: the epilogue reproduces that kernel's rounding);
+    ``skinny=False`` never takes the skinny kernel."""
+    kernels = _skinny(x, w) if fuse and skinny else None
     if kernels is not None:
         out = kernels[1](x, w)
         if out is not None:
             return out
-    return silu_mul(linear(x, w))
+    return silu_mul(linear(x, w, skinny=skinny))

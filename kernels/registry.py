@@ -18,13 +18,17 @@ Token draw for top-k rows without top-p (:func:`kernels.token_draw.draw_tokens`)
 (sort-free, :mod:`kernels.triton_draw`) on CUDA when Triton is installed, else ``torch`` (one
 topk); ``EMU35_DRAW=torch|triton`` overrides.
 
-A ``prefer`` argument overrides the env vars. Names resolve to functions only when asked for,
-so CPU-only use never imports Triton.
+The env vars are read once, by :meth:`KernelChoice.from_env`; the choice then travels as a
+frozen record (``EngineConfig.kernels``, ``Emu35ForCausalLM.use_kernels``) and every function
+here takes it as ``prefer`` arguments: nothing on a forward's path reads ``os.environ``.
+Names resolve to functions only when asked for, so CPU-only use never imports Triton.
 """
 from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Callable
 
@@ -44,21 +48,57 @@ SAMPLING_IMPLEMENTATIONS = ("reference", "triton")
 SAMPLING_ENV_VAR = "EMU35_SAMPLING"
 DRAW_IMPLEMENTATIONS = ("torch", "triton")
 DRAW_ENV_VAR = "EMU35_DRAW"
+SKINNY_GEMM_ENV_VAR = "EMU35_SKINNY_GEMM"
 
 
-def _requested(kind: str, choices: tuple[str, ...], env_var: str, prefer: str | None
-               ) -> str | None:
-    name = prefer or os.environ.get(env_var) or None
-    if name is not None and name not in choices:
-        raise ValueError(f"unknown {kind} implementation {name!r}; "
+@dataclass(frozen=True)
+class KernelChoice:
+    """The kernel switches of one model/engine, resolved once. None: the best for the device."""
+
+    attention: str | None = None     # IMPLEMENTATIONS
+    elementwise: str | None = None   # "reference" | "triton" (fused norms, QK-norm, SwiGLU)
+    decode_fusion: bool = True       # with the fused elementwise ops only
+    skinny_gemm: bool = True         # the skinny Triton GEMM for decode-sized batches (CUDA)
+    sampling: str | None = None      # SAMPLING_IMPLEMENTATIONS
+    draw: str | None = None          # DRAW_IMPLEMENTATIONS
+
+    def __post_init__(self) -> None:
+        _requested("attention", IMPLEMENTATIONS, self.attention)
+        _requested("elementwise", tuple(FUSED_CHOICES.values()), self.elementwise)
+        _requested("sampling", SAMPLING_IMPLEMENTATIONS, self.sampling)
+        _requested("draw", DRAW_IMPLEMENTATIONS, self.draw)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "KernelChoice":
+        """The choice the ``EMU35_*`` variables make (module docstring); read here only."""
+        env = os.environ if environ is None else environ
+        fused = env.get(FUSED_ENV_VAR) or None
+        if fused is not None and fused not in FUSED_CHOICES:
+            raise ValueError(f"{FUSED_ENV_VAR}={fused!r}: use 1 (fused Triton kernels) or 0 (torch)")
+        return cls(attention=env.get(ENV_VAR) or None,
+                   elementwise=FUSED_CHOICES[fused] if fused else None,
+                   decode_fusion=_flag(env, DECODE_FUSION_ENV_VAR, "fused decode"),
+                   skinny_gemm=_flag(env, SKINNY_GEMM_ENV_VAR, "skinny GEMM"),
+                   sampling=env.get(SAMPLING_ENV_VAR) or None, draw=env.get(DRAW_ENV_VAR) or None)
+
+
+def _flag(env: Mapping[str, str], var: str, what: str) -> bool:
+    value = env.get(var, "1")
+    if value not in ("0", "1"):
+        raise ValueError(f"{var}={value!r}: use 1 ({what}) or 0")
+    return value == "1"
+
+
+def _requested(kind: str, choices: tuple[str, ...], prefer: str | None) -> str | None:
+    if prefer is not None and prefer not in choices:
+        raise ValueError(f"unknown {kind} implementation {prefer!r}; "
                          f"choose one of {', '.join(choices)}")
-    return name
+    return prefer
 
 
 def attention_impl_name(device: torch.device | str, prefer: str | None = None) -> str:
-    """The implementation's name for ``device``: ``prefer``, else the env var, else the best
-    one available."""
-    name = _requested("attention", IMPLEMENTATIONS, ENV_VAR, prefer)
+    """The implementation's name for ``device``: ``prefer``, else the best one available."""
+    name = _requested("attention", IMPLEMENTATIONS, prefer)
     if name is not None:
         return name
     if torch.device(device).type != "cuda":
@@ -85,18 +125,10 @@ def triton_installed() -> bool:
 
 
 def elementwise_ops_name(device: torch.device | str, prefer: str | None = None) -> str:
-    """``"triton"`` or ``"reference"`` for ``device``: ``prefer``, else ``EMU35_FUSED``, else
-    the fused kernels on CUDA when Triton is installed."""
-    if prefer is not None:
-        if prefer not in FUSED_CHOICES.values():
-            raise ValueError(f"unknown elementwise implementation {prefer!r}; "
-                             f"choose reference or triton")
+    """``"triton"`` or ``"reference"`` for ``device``: ``prefer``, else the fused kernels on
+    CUDA when Triton is installed."""
+    if _requested("elementwise", tuple(FUSED_CHOICES.values()), prefer) is not None:
         return prefer
-    env = os.environ.get(FUSED_ENV_VAR)
-    if env:
-        if env not in FUSED_CHOICES:
-            raise ValueError(f"{FUSED_ENV_VAR}={env!r}: use 1 (fused Triton kernels) or 0 (torch)")
-        return FUSED_CHOICES[env]
     fused = torch.device(device).type == "cuda" and triton_installed()
     return "triton" if fused else "reference"
 
@@ -110,20 +142,17 @@ def elementwise_ops(device: torch.device | str, prefer: str | None = None) -> "E
     return fused_norm.REFERENCE_OPS
 
 
-def decode_fusion(ops: "ElementwiseOps") -> bool:
+def decode_fusion(ops: "ElementwiseOps", enabled: bool = True) -> bool:
     """Whether a decode-sized forward on ``ops`` takes the fused decode path: the fused
-    kernels reproduce the Triton elementwise kernels, so only with those, unless
-    ``EMU35_DECODE_FUSION=0``."""
-    env = os.environ.get(DECODE_FUSION_ENV_VAR, "1")
-    if env not in ("0", "1"):
-        raise ValueError(f"{DECODE_FUSION_ENV_VAR}={env!r}: use 1 (fused decode) or 0")
-    return ops.name == "triton" and env == "1"
+    kernels reproduce the Triton elementwise kernels, so only with those, and ``enabled``
+    (``KernelChoice.decode_fusion``)."""
+    return ops.name == "triton" and enabled
 
 
 def sampling_impl_name(device: torch.device | str, prefer: str | None = None) -> str:
-    """The guided-scores implementation's name for ``device``: ``prefer``, else the env var,
-    else ``triton`` on CUDA and ``reference`` elsewhere."""
-    name = _requested("sampling", SAMPLING_IMPLEMENTATIONS, SAMPLING_ENV_VAR, prefer)
+    """The guided-scores implementation's name for ``device``: ``prefer``, else ``triton`` on
+    CUDA and ``reference`` elsewhere."""
+    name = _requested("sampling", SAMPLING_IMPLEMENTATIONS, prefer)
     return name or ("triton" if torch.device(device).type == "cuda" else "reference")
 
 
@@ -139,9 +168,9 @@ def guided_scores_impl(device: torch.device | str, prefer: str | None = None) ->
 
 def draw_impl_name(device: torch.device | str, prefer: str | None = None) -> str:
     """How :func:`kernels.token_draw.draw_tokens` draws top-k rows without top-p on
-    ``device``: ``prefer``, else ``EMU35_DRAW``, else ``triton`` on CUDA when Triton is
-    installed and ``torch`` elsewhere."""
-    name = _requested("draw", DRAW_IMPLEMENTATIONS, DRAW_ENV_VAR, prefer)
+    ``device``: ``prefer``, else ``triton`` on CUDA when Triton is installed and ``torch``
+    elsewhere."""
+    name = _requested("draw", DRAW_IMPLEMENTATIONS, prefer)
     if name is not None:
         return name
     return "triton" if torch.device(device).type == "cuda" and triton_installed() else "torch"

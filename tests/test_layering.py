@@ -39,9 +39,14 @@ LAYERS = {layer.path: layer for layer in [
     Layer("services/storage", ENGINE | {"services.storage"},
           {"ray", "grpc", "grpc_tools", "google.protobuf", "opentelemetry"}),
     Layer("services/rpc", SERVICES - {"services.jobs"} | {"emu35_proto"}, {"ray", "grpc_tools"}),
+    # deploy-time settings (pydantic): read by the stages and the CLI, over the request limits
+    # (rpc) and storage settings they describe; no serving dependency of their own.
+    Layer("services/settings", SERVICES | {"services.settings"},
+          {"ray", "grpc", "grpc_tools", "boto3", "opentelemetry"}),
     # emu35_proto in stages: issue 10 item 13 moves it into services/rpc.
-    Layer("services/stages", SERVICES | {"services.stages", "emu35_proto"}, {"grpc_tools"}),
-    Layer("cluster", SERVICES | {"services.stages", "cluster"}, {"grpc_tools"}),
+    Layer("services/stages", SERVICES | {"services.stages", "services.settings", "emu35_proto"},
+          {"grpc_tools"}),
+    Layer("cluster", SERVICES | {"services.stages", "services.settings", "cluster"}, {"grpc_tools"}),
     Layer("benchmarks", PROJECT - {"tests", "protos"}, set()),
     Layer("clients", {"emu35_client", "emu35_proto"}, set(), only_deps={"grpc", "google.protobuf"},
           package_root="clients"),

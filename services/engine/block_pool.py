@@ -82,6 +82,12 @@ class BlockPool:
                 if self.hash_of[block] is None:  # uncached blocks are reused first
                     self.free.move_to_end(block, last=False)
 
+    def forget_cached(self) -> None:
+        """Drop every content hash (after a failed step, when published blocks may not hold
+        what their hash says); blocks in use stay in use, just no longer shareable."""
+        self.by_hash.clear()
+        self.hash_of = [None] * self.num_blocks
+
     def check(self) -> None:
         """Invariant check for tests: every block is either free (ref 0) or referenced."""
         for b in range(self.num_blocks):

@@ -9,13 +9,13 @@ settles them (streams, grammar, stops, frees), schedules and launches step N+1, 
 makes step N's events (detokenizer, image events, Finished), which the caller handles while
 the device computes. When every row of step N is a forced or visual token, nothing the
 schedule needs depends on the drawn values, so step N+1 is even planned before the sync
-(``_InFlight``). ``EngineConfig(pipeline=False)`` runs one whole step per call instead.
+(``InFlight``). ``EngineConfig(pipeline=False)`` runs one whole step per call instead.
 """
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import torch
 
@@ -25,76 +25,26 @@ from services.model.image_tokens import parse_image_span
 from services.model.text_tokenizer import TextTokenizer
 from services.model.transformer import Emu35ForCausalLM
 
+from .admission import Admission
+from .config import EngineConfig, EngineDead
 from .detokenizer import IncrementalDetokenizer
 from .events import Event, Finished, ImageComplete, ImageProgress, ImageStarted, TextDelta, Usage
-from .grammar import GrammarState, Mode, StepKind, Transition, grid_from_prompt
+from .grammar import GrammarState, Mode, StepKind, Transition, grid_from_prompt, refusal
 from .request import GenerationRequest, GuidanceMode, RequestError, StopRule
-from .memory import plan_kv_cache
+from .memory import CPU_KV_BLOCKS, plan_kv_cache
 from .runner import ModelRunner, StepInput, build_step_input
 from .rng import token_uniform
-from .sampler import GrammarMasks, PendingTokens, RowSampling, SamplingBatch, draw
-from .scheduler import Scheduler, SchedulerConfig, StepPlan
+from .sampler import GrammarMasks, RowSampling, SamplingBatch, draw
+from .scheduler import Scheduler, StepPlan
 from .sequence import GuidanceGroup, Role, Sequence, Status
+from .step_state import InFlight, Live, Settled
+
+__all__ = ["Engine", "EngineConfig", "EngineDead"]
 
 log = logging.getLogger(__name__)
 
-# Step kinds whose token does not change what comes next (see _InFlight).
+# Step kinds whose token does not change what comes next (see InFlight).
 _BLIND_KINDS = (StepKind.VISUAL, StepKind.FORCED)
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
-    attention: str | None = None  # "reference" | "triton" | "flash"; None picks by device
-    # Decode steps replay CUDA graphs when the device and attention allow (runner.py).
-    cuda_graphs: bool = True
-    # With scheduler.num_blocks None, the KV cache takes what this fraction of the device's
-    # memory leaves after weights, activations and graphs (memory.py).
-    gpu_memory_utilization: float = 0.90
-    sampling: str | None = None   # guided scores: "reference" | "triton"; None picks by device
-    # step() launches the next forward before producing the last step's events, so the
-    # device does not wait for them (False: each step() runs one step start to finish).
-    pipeline: bool = True
-
-
-@dataclass
-class _Live:
-    """Per-request engine state beside the group (detokenizer, timings)."""
-
-    detok: IncrementalDetokenizer
-    scheduled_at: float | None = None
-
-
-@dataclass
-class _InFlight:
-    """A launched step whose tokens the host has not read yet.
-
-    ``stand_ins``: when every sampling row is a forced or a visual token, what the next
-    schedule needs does not depend on the drawn values (a visual token only moves the grammar
-    one place on; forced tokens are known), so the step is settled before the sync with the
-    forced tokens and a placeholder -(row + 1) per visual token, patched in once read."""
-
-    groups: list[GuidanceGroup]   # the groups that sample, in token order
-    tokens: PendingTokens | None  # None: prefill chunks only
-    stand_ins: list[int] | None = None
-
-    def read(self) -> list[int]:
-        return self.tokens.read() if self.tokens is not None else []
-
-
-@dataclass
-class _Settled:
-    """One sampled token applied to its group; its events come after the next launch."""
-
-    group: GuidanceGroup
-    token: int                 # a stand-in (< 0) until _fill
-    row: int                   # in the step's sampling rows
-    was_image: bool
-    tr: Transition
-    image_index: int
-    live: _Live
-    reason: str | None = None  # set when this token ended the request
-    total_s: float = 0.0
 
 
 class Engine:
@@ -102,24 +52,27 @@ class Engine:
         if model.config.vocab_size != tok.vocab_size:
             raise ValueError(f"model vocab_size {model.config.vocab_size} != tokenizer {tok.vocab_size}")
         self.model, self.tok, self.config = model, tok, config
+        model.use_kernels(config.kernels)
         sc = config.scheduler
         self.kv_plan = None
-        if sc.num_blocks is None and model.device.type != "cuda":
-            # Stop-gap (h-lifecycle) until the engine's own "auto on CPU" lands: kv_blocks auto.
-            sc = replace(sc, num_blocks=4096)
-        if sc.num_blocks is None:
-            self.kv_plan = plan_kv_cache(model, sc, config.gpu_memory_utilization, config.attention)
+        if sc.num_blocks is None and model.device.type == "cuda":
+            self.kv_plan = plan_kv_cache(model, sc, config.gpu_memory_utilization,
+                                         config.kernels.attention)
             sc = replace(sc, num_blocks=self.kv_plan.num_blocks)
+        elif sc.num_blocks is None:
+            sc = replace(sc, num_blocks=CPU_KV_BLOCKS)
         self.scheduler = Scheduler(sc)
-        self.runner = ModelRunner(model, sc.num_blocks, sc.block_size, config.attention)
+        self.admission = Admission(sc.max_queue_delay_s)
+        self.runner = ModelRunner(model, sc.num_blocks, sc.block_size, config.kernels.attention)
         if config.cuda_graphs and self.runner.can_capture_graphs:
             self.runner.capture_decode_graphs(sc.max_num_seqs)
         self.masks = GrammarMasks(tok.special, tok.vocab_size, model.device)
-        self.guided_scores = guided_scores_impl(model.device, config.sampling)
+        self.guided_scores = guided_scores_impl(model.device, config.kernels.sampling)
         self.groups: dict[str, GuidanceGroup] = {}
-        self.live: dict[str, _Live] = {}
+        self.live: dict[str, Live] = {}
         self.pending_events: list[Event] = []
-        self.in_flight: _InFlight | None = None
+        self.in_flight: InFlight | None = None
+        self.failed_steps = 0  # consecutive
 
     # ------------------------------------------------------------------ requests
     def add_request(self, request: GenerationRequest) -> None:
@@ -129,9 +82,10 @@ class Engine:
             raise RequestError(f"request_id {request.request_id!r} is already in flight")
         group = self._new_group(request)
         self._check_capacity(group)
+        self.admission.check(self.scheduler, group)
         self.scheduler.add(group)
         self.groups[request.request_id] = group
-        self.live[request.request_id] = _Live(IncrementalDetokenizer(self.tok))
+        self.live[request.request_id] = Live(IncrementalDetokenizer(self.tok))
 
     def abort(self, request_id: str) -> bool:
         """Stop a request now and free its KV blocks; its Finished event comes next step and
@@ -171,7 +125,40 @@ class Engine:
     # ---------------------------------------------------------------------- step
     def step(self) -> list[Event]:
         """Finish the step in flight, launch the next one, then produce the finished step's
-        events while the device computes (with ``config.pipeline``; else one whole step)."""
+        events while the device computes (with ``config.pipeline``; else one whole step).
+
+        A step that raises ends the requests it was running with reason "error" (their
+        Finished events are returned) and the engine goes on with the queue;
+        ``config.max_failed_steps`` failures in a row raise :class:`EngineDead`."""
+        events, start = self.pending_events, time.monotonic()
+        try:
+            events = self._step()
+        except Exception as e:
+            return events + self._step_failed(e)
+        self.failed_steps = 0
+        if self.in_flight is not None:  # a busy step: its time feeds admission's estimate
+            self.admission.record_step(time.monotonic() - start)
+        return events
+
+    def _step_failed(self, cause: Exception) -> list[Event]:
+        """Fail every admitted request (its streams and KV may be half-updated), forget the
+        prefix cache (the failed step may have published blocks it never wrote), keep the
+        waiting ones."""
+        self.failed_steps += 1
+        message = f"engine step failed: {type(cause).__name__}: {cause}"
+        if self.failed_steps >= self.config.max_failed_steps:
+            raise EngineDead(f"{self.failed_steps} engine steps failed in a row; last: "
+                             f"{type(cause).__name__}: {cause}") from cause
+        log.error("%s; failing the running requests", message, exc_info=cause)
+        self.in_flight, self.pending_events = None, []
+        now, events = time.monotonic(), []
+        for group in [g for g in self.groups.values() if g.status is Status.RUNNING]:
+            live = self.live[group.request_id]
+            events += self._finished(group, live, "error", self._release(group, now), message)
+        self.scheduler.pool.forget_cached()
+        return events
+
+    def _step(self) -> list[Event]:
         events, self.pending_events = self.pending_events, []
         flight, self.in_flight = self.in_flight, None
         blind = flight is not None and flight.stand_ins is not None
@@ -186,15 +173,33 @@ class Engine:
             self._fill(settled, flight.read(), step_input)
         if plan.chunks:
             self._launch(plan, step_input)
-        elif self.scheduler.has_work() and not (settled or events or plan.preempted):
-            # Never spin silently: with nothing schedulable the queue cannot drain.
-            raise RuntimeError("engine made no progress: the waiting request cannot be "
-                               "admitted with the KV cache available")
+        if blind:
+            self._release_refused(settled)
+        if not plan.chunks and self.scheduler.has_work() and not (settled or events or plan.preempted):
+            # Never spin silently: the head of the queue cannot be admitted at all.
+            events += self._refuse_head()
         if self.in_flight and not self.config.pipeline:
             flight, self.in_flight = self.in_flight, None
             settled += self._settle(flight, flight.read())
         self._emit(settled, events)
         return events
+
+    def _release_refused(self, settled: list[Settled]) -> None:
+        """Free the requests whose drawn token :meth:`_fill` refused; their row of the step
+        just launched runs on a harmless token, and its result is dropped."""
+        now = time.monotonic()
+        for d in settled:
+            if d.error is not None and d.group.status is Status.RUNNING:
+                d.total_s = self._release(d.group, now)
+
+    def _refuse_head(self) -> list[Event]:
+        """Fail the waiting request that cannot be admitted with the KV cache available (and
+        nothing running will free more), so the queue behind it drains."""
+        group = self.scheduler.waiting[0]
+        live = self.live[group.request_id]
+        total_s = self._release(group, time.monotonic())
+        return self._finished(group, live, "error", total_s,
+                              "the KV cache cannot hold this request's prompt")
 
     def _needs_logits(self, group: GuidanceGroup, role: Role) -> bool:
         return group.grammar.next_step()[0] is StepKind.VISUAL
@@ -214,17 +219,18 @@ class Engine:
             if c.need_logits:
                 rows[(id(c.group), c.seq.role)] = logits[i]
                 i += 1
-        self.in_flight = _InFlight(plan.sampling, None)
+        self.in_flight = InFlight(plan.sampling, None)
         if plan.sampling:
             self._launch_sampling(self.in_flight, rows)
 
-    def _launch_sampling(self, flight: _InFlight, rows) -> None:
+    def _launch_sampling(self, flight: InFlight, rows) -> None:
         groups = flight.groups
         batch, kinds = self._sampling_batch(groups)
         cond = torch.stack([rows[(id(g), Role.COND)] for g in groups])  # [R, V]
         uncond = self._guide_logits(groups, rows, Role.UNCOND)
         full = self._guide_logits(groups, rows, Role.FULL_UNCOND)
-        flight.tokens = draw(cond, uncond, full, batch, self.masks, self.guided_scores)
+        flight.tokens = draw(cond, uncond, full, batch, self.masks, self.guided_scores,
+                             self.config.kernels.draw)
         if self.config.pipeline and all(k in _BLIND_KINDS for k, _ in kinds):
             flight.stand_ins = [f if f >= 0 else -(i + 1) for i, (_, f) in enumerate(kinds)]
 
@@ -262,21 +268,33 @@ class Engine:
         return grid is None or grid.span_length <= left
 
     # ------------------------------------------------- settle (before the next launch)
-    def _settle(self, flight: _InFlight, tokens: list[int]) -> list[_Settled]:
+    def _settle(self, flight: InFlight, tokens: list[int]) -> list[Settled]:
         """Apply a step's tokens as far as the next schedule depends on them: streams,
-        grammar, stops and frees. Everything else waits for :meth:`_emit`."""
+        grammar, stops and frees. Everything else waits for :meth:`_emit`. Drawn tokens are
+        checked against the grammar here; stand-ins are checked by :meth:`_fill`."""
         now = time.monotonic()
-        return [self._advance(g, t, now, row)
+        drawn = tokens is not flight.stand_ins
+        return [self._advance(g, t, now, row, drawn)
                 for row, (g, t) in enumerate(zip(flight.groups, tokens))
                 if g.status is Status.RUNNING]  # aborted since the launch: token dropped
 
-    @staticmethod
-    def _fill(settled: list[_Settled], tokens: list[int], step_input: StepInput | None) -> None:
-        """Replace the stand-ins (``_InFlight``) by the drawn tokens: in the streams, and in the
-        next step's input, where a stand-in can only be a row's last token."""
+    def _fill(self, settled: list[Settled], tokens: list[int], step_input: StepInput | None
+              ) -> None:
+        """Replace the stand-ins (``InFlight``) by the drawn tokens: in the streams, and in the
+        next step's input, where a stand-in can only be a row's last token. A drawn token that
+        is not a visual id marks its request failed (released after the launch) and enters the
+        launched step as a harmless visual id, so no other row's forward sees it."""
+        safe = self.tok.special.visual_base
         for d in settled:
             if d.token < 0:
-                d.token = token = tokens[d.row]
+                token = tokens[d.row]
+                # a stand-in stood for a visual token (the grammar has moved past it)
+                problem = refusal(self.tok.special, StepKind.VISUAL, -1, token,
+                                  self.tok.vocab_size)
+                if problem is not None:
+                    d.reason, d.error = "error", problem
+                    tokens[d.row] = token = safe
+                d.token = token
                 d.group.output[-1] = token
                 for seq in d.group.seqs.values():  # the guides took it too (image mode)
                     seq.tokens[-1] = token
@@ -286,8 +304,15 @@ class Engine:
                 if ids[end - 1] < 0:
                     ids[end - 1] = tokens[-ids[end - 1] - 1]
 
-    def _advance(self, group: GuidanceGroup, token: int, now: float, row: int) -> _Settled:
+    def _advance(self, group: GuidanceGroup, token: int, now: float, row: int,
+                 drawn: bool = True) -> Settled:
         g = group.grammar
+        problem = g.refuses(token, self.tok.vocab_size) if drawn else None
+        if problem is not None:  # this request alone ends; its token never reaches the model
+            done = Settled(group, token, row, False, Transition(), g.images_done,
+                            self.live[group.request_id], reason="error", error=problem)
+            done.total_s = self._release(group, now)
+            return done
         group.first_token_at = group.first_token_at or now
         was_image = g.in_image()
         group.cond.tokens.append(token)
@@ -295,7 +320,7 @@ class Engine:
         tr = g.advance(token)
         if was_image or tr.image_entered:
             self._feed_guides(group, token, tr.image_entered)
-        done = _Settled(group, token, row, was_image, tr, g.images_done - int(tr.image_done),
+        done = Settled(group, token, row, was_image, tr, g.images_done - int(tr.image_done),
                         self.live[group.request_id])
         done.reason = self._stop_reason(group, token)
         if done.reason:
@@ -329,23 +354,36 @@ class Engine:
         return now - group.arrival
 
     # ---------------------------------------------------- emit (while the device runs)
-    def _emit(self, settled: list[_Settled], events: list[Event]) -> None:
+    def _emit(self, settled: list[Settled], events: list[Event]) -> None:
         for d in settled:
-            rid, tr = d.group.request_id, d.tr
-            if not d.was_image and not tr.image_entered:
-                out = d.live.detok.push(d.token)
-            elif tr.image_entered:
-                out = d.live.detok.flush()
-            else:
-                out = None
-            if out:
-                events.append(TextDelta(rid, out[1], out[0]))
-            if tr.image_started or tr.row_done is not None:
-                self._image_events(d, events)
-            if d.reason:
-                events += self._finished(d.group, d.live, d.reason, d.total_s)
+            try:
+                self._emit_one(d, events)
+            except Exception as e:  # e.g. an image span that does not parse: this request ends
+                log.exception("request %s: its events failed", d.group.request_id)
+                if d.group.status is Status.RUNNING:
+                    d.total_s = self._release(d.group, time.monotonic())
+                events += self._finished(d.group, d.live, "error", d.total_s,
+                                         f"internal error ({type(e).__name__}: {e})")
 
-    def _image_events(self, d: _Settled, events: list[Event]) -> None:
+    def _emit_one(self, d: Settled, events: list[Event]) -> None:
+        rid, tr = d.group.request_id, d.tr
+        if d.error is not None:  # the token was refused: nothing of it is shown
+            events += self._finished(d.group, d.live, "error", d.total_s, d.error)
+            return
+        if not d.was_image and not tr.image_entered:
+            out = d.live.detok.push(d.token)
+        elif tr.image_entered:
+            out = d.live.detok.flush()
+        else:
+            out = None
+        if out:
+            events.append(TextDelta(rid, out[1], out[0]))
+        if tr.image_started or tr.row_done is not None:
+            self._image_events(d, events)
+        if d.reason:
+            events += self._finished(d.group, d.live, d.reason, d.total_s)
+
+    def _image_events(self, d: Settled, events: list[Event]) -> None:
         rid, tr, index = d.group.request_id, d.tr, d.image_index
         if tr.image_started:
             events.append(ImageStarted(rid, index, tr.image_started.h, tr.image_started.w))
@@ -357,11 +395,13 @@ class Engine:
             events.append(ImageComplete(rid, index, parse_image_span(self.tok, toks[boi:])))
 
     @staticmethod
-    def _finished(group: GuidanceGroup, live: _Live, reason: str, total_s: float) -> list[Event]:
-        """The request's last events: text the detokenizer held back, then Finished."""
-        out = live.detok.flush()
+    def _finished(group: GuidanceGroup, live: Live, reason: str, total_s: float,
+                  error: str | None = None) -> list[Event]:
+        """The request's last events: text the detokenizer held back, then Finished
+        (``error``: with reason "error", what went wrong, for the caller)."""
+        out = live.detok.flush() if reason not in ("aborted", "error") else None
         events: list[Event] = []
-        if out and reason != "aborted":
+        if out:
             events.append(TextDelta(group.request_id, out[1], out[0]))
         req = group.request
         usage = Usage(
@@ -372,5 +412,5 @@ class Engine:
             first_token_s=None if group.first_token_at is None else group.first_token_at - group.arrival,
             total_s=total_s)
         events.append(Finished(group.request_id, reason, usage, tuple(group.output),
-                               incomplete_image=group.grammar.mode is not Mode.TEXT))
+                               incomplete_image=group.grammar.mode is not Mode.TEXT, error=error))
         return events

@@ -40,6 +40,34 @@ class Transition:
     image_entered: bool = False              # BOI emitted
 
 
+def stray_text_ids(special: SpecialIds) -> tuple[int, ...]:
+    """Structure tokens text mode masks besides the visual ids (the reference masks only
+    those): they are valid only inside an image or at sequence start (spec §12 item 28)."""
+    return (special.eol, special.img, special.eoi, special.pad, special.bos)
+
+
+def refusal(special: SpecialIds, kind: StepKind, forced: int, token: int, vocab_size: int
+            ) -> str | None:
+    """Why ``token`` cannot be drawn at a step of this kind (None: it can). The sampler's
+    masks make a refused token impossible unless its scores were not finite (it then draws a
+    negative id)."""
+    s = special
+    if forced >= 0:
+        ok = token == forced
+    elif kind is StepKind.VISUAL:
+        ok = s.visual_base <= token < vocab_size
+    elif kind is StepKind.DIGIT:
+        ok = token in s.digits
+    elif kind is StepKind.DIGIT_NONZERO:
+        ok = token in s.digits[1:]
+    else:
+        ok = 0 <= token < s.visual_base and token not in stray_text_ids(s)
+    if ok:
+        return None
+    what = "no valid token" if token < 0 else f"token {token}, outside the grammar"
+    return f"sampling failed at a {kind.name.lower()} step ({what}: non-finite scores?)"
+
+
 def header_tokens(special: SpecialIds, grid: ImageGrid) -> list[int]:
     """'h*w' as ids: every digit and '*' is one BPE token (spec §2.1), then IMG."""
     digits = [special.digits[int(c)] for c in str(grid.h)]
@@ -79,6 +107,11 @@ class GrammarState:
         if self.k % (w + 1) == 0:
             return StepKind.FORCED, self.special.eol
         return StepKind.VISUAL, -1
+
+    def refuses(self, token: int, vocab_size: int) -> str | None:
+        """Why ``token`` cannot come next (None: it can); see :func:`refusal`."""
+        kind, forced = self.next_step()
+        return refusal(self.special, kind, forced, token, vocab_size)
 
     def in_image(self) -> bool:
         return self.mode is not Mode.TEXT

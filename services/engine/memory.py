@@ -1,5 +1,8 @@
 """KV cache sized from the device's free memory (DESIGN.md §6).
 
+``SchedulerConfig.num_blocks=None`` (``kv_blocks: auto``) sizes the cache here: on CUDA by
+the measured plan below, elsewhere (CPU: tests, the tiny model) to ``CPU_KV_BLOCKS``.
+
 After the weights are loaded, one eager forward of the largest prefill step and one of the
 largest decode step the scheduler may form are run on a throwaway cache; their peak
 activation memory, the decode graphs' logits buffer and pool, and everything already on the
@@ -20,6 +23,11 @@ from .runner import ModelRunner, StepInput, kv_bytes_per_block
 from .scheduler import SchedulerConfig
 
 log = logging.getLogger(__name__)
+
+# Auto-sized KV blocks off CUDA: no memory to measure, a fixed count: 65,536 tokens at the
+# default block size of 16, 32 MiB on the tiny model (8 KiB a block), where a guided request
+# at full context (2 x 9,216 tokens) takes 1,152 blocks.
+CPU_KV_BLOCKS = 4096
 
 
 @dataclass(frozen=True)
@@ -84,15 +92,26 @@ def plan_kv_cache(model: Emu35ForCausalLM, sc: SchedulerConfig, utilization: flo
     # Decode graphs hold a static logits buffer and a pool of about one decode step's peak.
     reserved = sc.max_num_seqs * model.config.vocab_size * 4 + decode_peak
     free, total = torch.cuda.mem_get_info(dev)
-    used = total - free
+    plan = kv_plan(total, total - free, activation, reserved, block_bytes, utilization, blocks)
+    log.info("KV cache: %d blocks (%.1f GiB); activations %.2f GiB; device used %.1f of %.1f GiB",
+             plan.num_blocks, plan.kv_bytes / 2**30, activation / 2**30,
+             plan.device_used_bytes / 2**30, total / 2**30)
+    return plan
+
+
+def kv_plan(total: int, used: int, activation: int, reserved: int, block_bytes: int,
+            utilization: float, min_blocks: int) -> KVPlan:
+    """The arithmetic of :func:`plan_kv_cache`: ``utilization`` of ``total`` bytes, less what
+    is ``used`` (weights, context, other processes), the profiled ``activation`` peak and
+    the graphs' ``reserved`` bytes, in blocks, less the scratch block. Raises RuntimeError
+    when fewer than ``min_blocks`` fit (the largest step needs them)."""
+    if not 0.0 < utilization <= 1.0:
+        raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {utilization}")
     left = int(total * utilization) - used - activation - reserved
     num_blocks = left // block_bytes - 1  # one scratch block rides along
-    if num_blocks < blocks:
+    if num_blocks < min_blocks:
         raise RuntimeError(
             f"gpu_memory_utilization: {utilization} of {total / 2**30:.1f} GiB leaves room for "
             f"{max(num_blocks, 0)} KV blocks after weights ({used / 2**30:.1f} GiB in use) and "
-            f"activations ({activation / 2**30:.2f} GiB); need at least {blocks}")
-    plan = KVPlan(num_blocks, block_bytes, activation, reserved, used, total)
-    log.info("KV cache: %d blocks (%.1f GiB); activations %.2f GiB; device used %.1f of %.1f GiB",
-             num_blocks, plan.kv_bytes / 2**30, activation / 2**30, used / 2**30, total / 2**30)
-    return plan
+            f"activations ({activation / 2**30:.2f} GiB); need at least {min_blocks}")
+    return KVPlan(num_blocks, block_bytes, activation, reserved, used, total)

@@ -23,11 +23,15 @@ from kernels.sampling import GUIDE_NONE
 from kernels.token_draw import NEEDS_EXACT, DrawPlan, draw_tokens, draw_tokens_reference
 from services.model.text_tokenizer import SpecialIds
 
-from .grammar import StepKind
+from .grammar import StepKind, stray_text_ids
 from .request import SamplingParams
 
 # Rows of GrammarMasks.table: text mode with and without BOI, then one per constrained kind.
 TEXT_WITH_BOI, TEXT_NO_BOI, VISUAL_IDS, DIGITS, NONZERO_DIGITS = range(5)
+# The token of a sampled row whose scores hold a NaN (non-finite guidance or temperature that
+# slipped past validation, or a numeric fault): nothing valid can be drawn from them, so the
+# engine fails that request alone (engine.py) instead of feeding garbage to the model.
+INVALID_TOKEN = -2
 
 
 @dataclass(frozen=True)
@@ -98,10 +102,7 @@ class GrammarMasks:
     def __init__(self, special: SpecialIds, vocab_size: int, device):
         ids = torch.arange(vocab_size, device=device)
         visual = ids >= special.visual_base
-        # Text mode masks visual ids (reference) and the structure tokens that are only
-        # valid inside an image or at sequence start (spec §12 item 28).
-        stray = torch.tensor([special.eol, special.img, special.eoi, special.pad, special.bos],
-                             device=device)
+        stray = torch.tensor(stray_text_ids(special), device=device)
         text = ~visual & ~torch.isin(ids, stray)
         digits = torch.tensor(special.digits, device=device)
         table = [text, text & (ids != special.boi), visual, torch.isin(ids, digits),
@@ -146,15 +147,17 @@ class PendingTokens:
 
 def draw(cond: torch.Tensor, uncond: torch.Tensor | None, full_uncond: torch.Tensor | None,
          batch: SamplingBatch, masks: GrammarMasks,
-         guided_scores: Callable | None = None) -> PendingTokens:
+         guided_scores: Callable | None = None, select: str | None = None) -> PendingTokens:
     """Launch the sampling of a step without waiting for it. cond: fp32 logits [R, V];
     uncond/full_uncond: [R, V] (read only on rows whose ``batch.guide`` asks for them) or
-    None. ``guided_scores``: the kernel (default: the registry's choice for the device)."""
+    None. ``guided_scores``: the kernel (default: the registry's choice for the device);
+    ``select``: the top-k draw path (``KernelChoice.draw``; None: by device)."""
     guided_scores = guided_scores or guided_scores_impl(cond.device)
     scores = guided_scores(cond, uncond, full_uncond, batch.guide, batch.cfg_scale,
                            batch.image_cfg_scale, masks.table, batch.mask_row,
                            batch.temperature)                       # [R, V] fp32
-    drawn = draw_tokens(scores, batch.top_k, batch.top_p, batch.uniforms, batch.plan)
+    drawn = draw_tokens(scores, batch.top_k, batch.top_p, batch.uniforms, batch.plan, select)
+    drawn = torch.where(torch.isnan(scores).any(-1), INVALID_TOKEN, drawn)
     return PendingTokens(drawn, scores, batch)
 
 

@@ -17,8 +17,13 @@ class SchedulerConfig:
     max_num_seqs: int = 64            # rows (streams) computed per step
     max_batched_tokens: int = 2048    # tokens per step (prefill chunks + decode)
     max_waiting: int = 256            # bounded queue: beyond it requests are refused
+    # A request the engine could not start within this (estimated from its KV blocks, rows
+    # and the work ahead, admission.py) is refused at once with a retry hint; None: never
+    # (offline batches queue everything).
+    max_queue_delay_s: float | None = 30.0
     block_size: int = 16
-    num_blocks: int | None = 1024   # None: sized from free GPU memory (engine.py)
+    # KV cache blocks; None (kv_blocks: auto): measured on CUDA, memory.CPU_KV_BLOCKS else
+    num_blocks: int | None = None
 
 
 @dataclass
@@ -55,7 +60,12 @@ class EngineLoad:
 
 
 class QueueFull(RuntimeError):
-    """The waiting queue is at its bound."""
+    """The engine cannot take the request soon (queue bound, or no capacity within the
+    queue delay limit). ``retry_after_s``: estimated seconds until a retry may succeed."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class Scheduler:

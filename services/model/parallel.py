@@ -50,6 +50,8 @@ class ColumnParallelLinear(nn.Module):
     """y = x W^T with W's output rows split across ranks; several logical weights may be
     stacked in one matrix (fused QKV or gate/up) so one GEMM streams them all."""
 
+    skinny = True  # may take the skinny GEMM (Emu35ForCausalLM.use_kernels sets it)
+
     def __init__(self, in_features: int, out_sizes: dict[str, int], pg: ParallelGroup,
                  dtype: torch.dtype | None = None, device=None):
         super().__init__()
@@ -65,7 +67,7 @@ class ColumnParallelLinear(nn.Module):
                                    requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight)
+        return linear(x, self.weight, skinny=self.skinny)
 
     def load_shard(self, name: str, full: torch.Tensor) -> None:
         """Copy this rank's rows of logical weight ``name`` ([full_out, in]) into place."""
@@ -76,6 +78,8 @@ class ColumnParallelLinear(nn.Module):
 
 class RowParallelLinear(nn.Module):
     """y = x W^T with W's input columns split across ranks, partial sums all-reduced."""
+
+    skinny = True  # may take the skinny GEMM (Emu35ForCausalLM.use_kernels sets it)
 
     def __init__(self, in_features: int, out_features: int, pg: ParallelGroup,
                  dtype: torch.dtype | None = None, device=None):
@@ -89,7 +93,8 @@ class RowParallelLinear(nn.Module):
                 ) -> torch.Tensor | SplitKPartials:
         """With ``defer_split_sum`` (world size 1 only: the all-reduce needs the sum) a
         split-K skinny GEMM returns its partials for the consumer to add up."""
-        y = linear(x, self.weight, defer_split_sum=defer_split_sum and self.pg.world_size == 1)
+        y = linear(x, self.weight, defer_split_sum=defer_split_sum and self.pg.world_size == 1,
+                   skinny=self.skinny)
         return y if isinstance(y, SplitKPartials) else self.pg.all_reduce(y)
 
     def load_shard(self, name: str, full: torch.Tensor) -> None:
@@ -136,9 +141,10 @@ class ParallelLMHead(VocabParallelEmbedding):
     # Zero rows pad each shard to a multiple of 64 so the logits' row stride stays 16-byte
     # aligned: GEMM kernels for 282,926 columns otherwise fall back to slow paths.
     row_multiple = 64
+    skinny = True  # may take the skinny GEMM (Emu35ForCausalLM.use_kernels sets it)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:  # h: [N, hidden] -> [N, vocab]
-        logits = self.pg.all_gather_last(linear(h, self.weight))
+        logits = self.pg.all_gather_last(linear(h, self.weight, skinny=self.skinny))
         return logits[..., : self.vocab_size]
 
 

@@ -26,7 +26,16 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class TinySpec:
     """Small dims that keep the real model's peculiarities: query width (heads x head_dim)
-    differs from the hidden size, GQA, eps and theta that differ from the code defaults."""
+    differs from the hidden size, GQA, eps and theta that differ from the code defaults.
+
+    The context is the reference code's default (9216): every task runs on its defaults.
+    The tiny IBQ downsamples 16x like the released one, so a reference image becomes the same
+    grid as on the real model: a 128x96 x2i reference at x2i's area (1,048,576 px) is 55*74,
+    4,132 tokens; its prompt is 4,160 tokens, and its output image (the reference's grid)
+    another 4,132: 8,292 tokens. t2i's default output (the 4:3 preset, 55*73) is 4,077. The
+    interleaved tasks' 32,768-token default is clamped to the context left
+    (services.engine.request.token_budget). The context costs nothing per step; only the
+    RoPE tables grow with it."""
 
     hidden_size: int = 64
     intermediate_size: int = 160
@@ -36,7 +45,7 @@ class TinySpec:
     head_dim: int = 32
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-6
-    max_position_embeddings: int = 8192
+    max_position_embeddings: int = 9216
     num_visual_tokens: int = 512
     num_merges: int = 256
 

@@ -6,7 +6,8 @@ positions; an :class:`~services.model.attention.AttentionBackend` decides what e
 attends to. Linears are tensor-parallel layers (world size 1 unless a group is given). The
 elementwise work (norms with the residual add, QK-norm + RoPE, SwiGLU) goes through an
 :class:`~kernels.fused_norm.ElementwiseOps` bundle: fused Triton kernels on CUDA, the plain
-torch references that define them elsewhere (:mod:`kernels.registry`, ``EMU35_FUSED``).
+torch references that define them elsewhere (:mod:`kernels.registry`; the choice is the
+model's ``kernels``, set once by :meth:`Emu35ForCausalLM.use_kernels`).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from torch import nn
 
 from kernels.fused_norm import REFERENCE_OPS, ElementwiseOps
 from kernels.linear import MAX_ROWS, linear_silu_mul
-from kernels.registry import decode_fusion, elementwise_ops
+from kernels.registry import KernelChoice, decode_fusion, elementwise_ops
 
 from .attention import AttentionBackend, PackedCausal
 from .config import Emu35Config
@@ -96,7 +97,8 @@ class MLP(nn.Module):
                 fuse_decode: bool = False):
         """silu(gate) * up, then down_proj; with ``fuse_decode`` SiLU * mul runs in gate_up's
         GEMM and down_proj may return unsummed split-K partials (the next norm adds them)."""
-        h = linear_silu_mul(x, self.gate_up_proj.weight, ops.silu_mul, fuse=fuse_decode)
+        h = linear_silu_mul(x, self.gate_up_proj.weight, ops.silu_mul, fuse=fuse_decode,
+                            skinny=self.gate_up_proj.skinny)
         return self.down_proj(h, defer_split_sum=fuse_decode)
 
 
@@ -143,6 +145,7 @@ class Emu35ForCausalLM(nn.Module):
         factory = {"dtype": dtype, "device": device}
         self.model = Emu35Model(cfg, self.pg, **factory)
         self.lm_head = ParallelLMHead(cfg.vocab_size, cfg.hidden_size, self.pg, **factory)
+        self.use_kernels(KernelChoice.from_env())  # the engine passes its own (EngineConfig)
         self.register_buffer("rope_cos", torch.empty(0), persistent=False)
         self.register_buffer("rope_sin", torch.empty(0), persistent=False)
         if device is None or torch.device(device).type != "meta":
@@ -152,6 +155,13 @@ class Emu35ForCausalLM(nn.Module):
         """(Re)build the fp32 RoPE tables on the model's device (after loading from meta)."""
         device = self.lm_head.weight.device
         self.rope_cos, self.rope_sin = rope_tables(self.config, device=device)
+
+    def use_kernels(self, choice: KernelChoice) -> None:
+        """Run every later forward on these kernels (read here, not from the environment)."""
+        self.kernels = choice
+        for module in self.modules():
+            if hasattr(module, "skinny"):
+                module.skinny = choice.skinny_gemm
 
     @property
     def device(self) -> torch.device:
@@ -164,9 +174,10 @@ class Emu35ForCausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                 attn: AttentionBackend) -> torch.Tensor:
         """input_ids, positions: [T] (packed tokens) -> hidden states [T, hidden]."""
-        ops = elementwise_ops(self.device)
+        ops = elementwise_ops(self.device, self.kernels.elementwise)
         ctx = ForwardContext(positions, self.rope_cos, self.rope_sin, attn, ops,
-                             decode_fusion(ops) and input_ids.shape[0] <= MAX_ROWS)
+                             decode_fusion(ops, self.kernels.decode_fusion)
+                             and input_ids.shape[0] <= MAX_ROWS)
         h, residual = self.model.embed_tokens(input_ids), None
         for layer in self.model.layers:
             h, residual = layer(h, residual, ctx)

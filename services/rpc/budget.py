@@ -7,9 +7,9 @@ the cause: the prompt, the images, ``size`` or an explicit ``max_new_tokens``.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
+from services.engine.request import RequestError, token_budget
 from services.model.ibq.resize import smart_resize_size
 from services.model.image_tokens import PIXELS_PER_TOKEN, ImageGrid
 from services.model.prompting import output_grid_for
@@ -54,41 +54,16 @@ def plan_budget(tok: TextTokenizer, checked: CheckedRequest, context_length: int
     prompts = build_prompts(tok, checked.task, checked.prompt, spans)
     prompt = max(len(prompts.cond), len(prompts.uncond))
     images = sum(g.span_length for g in grids)
-    what = _prompt_parts(prompt, images, grids)
-    room = context_length - prompt
-    if room < 1:
-        field = "images" if images else "prompt"
-        raise InvalidArgument(f"{field}: {what} fill the model context ({context_length} tokens)"
-                              " with no room to generate")
     output = output_grid_for(checked.task, checked.size, checked.size_given, grids)
-    if checked.max_new_tokens is not None:
-        budget = checked.max_new_tokens
-        if budget > room:
-            raise InvalidArgument(f"max_new_tokens: {budget} does not fit: {what} leave "
-                                  f"{room} of the model context ({context_length} tokens)")
-    else:
-        budget = min(TASK_DEFAULTS[checked.task].max_new_tokens, room)
-    if output is not None and output.span_length > budget:
-        raise InvalidArgument(_image_too_big(checked, output, budget, room, what))
+    try:  # the one budget rule, shared with emu35 generate (services/engine/request.py)
+        budget = token_budget(checked.task, checked.max_new_tokens, prompt, context_length,
+                              output, images, checked.size_given)
+    except RequestError as e:
+        raise InvalidArgument(str(e)) from None
+    if output is not None and output.span_length > budget:  # the engine refuses it too
+        field = "size" if checked.size_given else (
+            "max_new_tokens" if checked.max_new_tokens is not None else
+            "images" if checked.images else "prompt")
+        raise InvalidArgument(f"{field}: a {output.h}*{output.w} output image takes "
+                              f"{output.span_length} tokens, more than max_new_tokens ({budget})")
     return Budget(grids, prompt, images, output, budget)
-
-
-def _prompt_parts(prompt: int, images: int, grids: Sequence[ImageGrid]) -> str:
-    if not grids:
-        return f"the prompt's {prompt} tokens"
-    sizes = ", ".join(g.header_text for g in grids)
-    return (f"the prompt's {prompt} tokens (the reference images' {images}: grids {sizes}, "
-            "each resized to the task's area)")
-
-
-def _image_too_big(checked: CheckedRequest, grid: ImageGrid, budget: int, room: int,
-                   what: str) -> str:
-    image = f"a {grid.h}*{grid.w} output image takes {grid.span_length} tokens"
-    if checked.max_new_tokens is not None:
-        field = "size" if checked.size_given else "max_new_tokens"
-        return f"{field}: {image}, more than max_new_tokens ({budget})"
-    if budget < room:  # the task's default budget is the limit, not the context
-        field = "size" if checked.size_given else "images"
-        return f"{field}: {image}, more than the task's default max_new_tokens ({budget})"
-    field = "size" if checked.size_given else ("images" if checked.images else "prompt")
-    return f"{field}: {image}, but {what} leave only {room} of the model context"

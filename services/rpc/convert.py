@@ -156,7 +156,7 @@ def generator_event_to_pb(e) -> stages_pb2.GeneratorEvent:
     if isinstance(e, Finished):
         return stages_pb2.GeneratorEvent(finished=stages_pb2.GeneratorFinished(
             reason=REASONS[e.reason], usage=usage_to_pb(e.usage), token_ids=e.token_ids,
-            incomplete_image=e.incomplete_image))
+            incomplete_image=e.incomplete_image, error=e.error or ""))
     raise TypeError(f"not an engine event: {e!r}")
 
 
@@ -189,7 +189,7 @@ def generator_finished_from_pb(pb: stages_pb2.GeneratorFinished, request_id: str
     """The generator stage's last event -> the engine's Finished record."""
     return Finished(request_id=request_id, reason=REASON_NAMES.get(pb.reason, "error"),
                     usage=usage_from_pb(pb.usage), token_ids=tuple(pb.token_ids),
-                    incomplete_image=pb.incomplete_image)
+                    incomplete_image=pb.incomplete_image, error=pb.error or None)
 
 
 # ------------------------------------------- stage answers and public status (stages)

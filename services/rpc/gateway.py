@@ -213,4 +213,4 @@ def raise_if_failed(fin: stages_pb2.GeneratorFinished) -> None:
     """An engine finish with reason "error" ends the call with a non-OK status, not OK."""
     if fin.reason == common_pb2.ERROR:
         raise StageFailed(f"the generator ended the request with an error: "
-                          f"{getattr(fin, 'message', '') or 'no message'}")
+                          f"{fin.error or 'no message'}")

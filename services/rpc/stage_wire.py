@@ -12,15 +12,15 @@ from google.protobuf.message import DecodeError, Message
 
 from emu35_proto.v1 import stages_pb2
 
-from .errors import InvalidArgument, status_for
+from .errors import InvalidArgument, status_of
 
 
 class StageFailure(Exception):
     """A stage's non-OK answer: ``code`` is a grpc.StatusCode name, ``details`` safe to show."""
 
-    def __init__(self, code: str, details: str):
-        super().__init__(code, details)
-        self.code, self.details = code, details
+    def __init__(self, code: str, details: str, trailers: tuple = ()):
+        super().__init__(code, details, trailers)
+        self.code, self.details, self.trailers = code, details, tuple(trailers)
 
     def __str__(self) -> str:
         return f"{self.code}: {self.details}"
@@ -30,14 +30,15 @@ def failure_of(exc: BaseException) -> StageFailure:
     """The status a caller would see for ``exc`` (errors.status_for), as a StageFailure."""
     if isinstance(exc, StageFailure):
         return exc
-    code, details = status_for(exc)
-    return StageFailure(code.name, details)
+    status = status_of(exc)  # its trailers carry a retry hint (RESOURCE_EXHAUSTED)
+    return StageFailure(status.code.name, status.message, status.trailers)
 
 
 def as_rpc_error(failure: StageFailure) -> grpc.aio.AioRpcError:
     """The gateway re-raises a stage's status as the RPC error status_for passes through."""
     code = getattr(grpc.StatusCode, failure.code, grpc.StatusCode.INTERNAL)
-    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), failure.details)
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(*failure.trailers),
+                                failure.details)
 
 
 def parse(cls: type[Message], data, what: str) -> Message:

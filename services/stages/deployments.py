@@ -115,9 +115,7 @@ class GeneratorStage:
     def check_health(self) -> None:
         """Serve's replica health check: a dead engine thread fails it, so Serve replaces the
         replica instead of routing requests to it."""
-        check = getattr(self.engine, "check_health", None)  # AsyncEngine.check_health (item 4)
-        if check is not None:
-            check()
+        self.engine.check_health()
 
     async def ping(self) -> bool:
         self.check_health()

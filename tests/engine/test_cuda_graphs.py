@@ -105,11 +105,14 @@ def test_auto_sized_cache_runs_the_largest_batch(tmp_path):
           f"{plan.activation_bytes / 2**20:.0f} MiB")
 
 
-def test_auto_sizing_needs_cuda(tmp_path):
+def test_auto_sizing_off_cuda_takes_the_fixed_default(tmp_path):
+    from services.engine.memory import CPU_KV_BLOCKS
+
     path = _checkpoint(tmp_path)
     model, tok = load_checkpoint(path, device="cpu")
-    with pytest.raises(ValueError, match="num_blocks"):
-        Engine(model, tok, EngineConfig(SchedulerConfig(num_blocks=None)))
+    assert SchedulerConfig().num_blocks is None  # kv_blocks: auto is the default
+    engine = Engine(model, tok, EngineConfig(SchedulerConfig(num_blocks=None)))
+    assert engine.scheduler.pool.num_blocks == CPU_KV_BLOCKS and engine.kv_plan is None
 
 
 def test_utilization_out_of_range_names_the_field(tmp_path):

@@ -1,6 +1,6 @@
 """The fused decode path (kernels.registry.decode_fusion: K/V written by the QK-norm kernel,
 SiLU * mul in gate_up's GEMM, split-K partials summed in the next add + RMSNorm) gives the
-unfused path's logits and KV cache (EMU35_DECODE_FUSION=1 vs 0): bit for bit on CUDA.
+unfused path's logits and KV cache (KernelChoice.decode_fusion on vs off): bit for bit on CUDA.
 
 CPU: a tiny random model on the fused Triton kernels under TRITON_INTERPRET=1, with the skinny
 GEMM allowed off CUDA (it normally runs there only), in fp32 and fp16 (the interpreter's bf16
@@ -21,6 +21,7 @@ if not torch.cuda.is_available():  # must be set before triton.jit decorates the
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import kernels.linear as linear_mod  # noqa: E402
+from kernels.registry import KernelChoice  # noqa: E402
 import services.engine.runner as runner_mod  # noqa: E402
 from services.engine.runner import ModelRunner, StepInput  # noqa: E402
 from services.model.config import Emu35Config  # noqa: E402
@@ -88,11 +89,10 @@ def test_fused_decode_matches_unfused_on_cpu(tmp_path, monkeypatch, dtype):
 
     monkeypatch.setattr(linear_mod, "_skinny", cpu_skinny)
     monkeypatch.setattr(runner_mod, "write_kv", counting_write)
-    monkeypatch.setenv("EMU35_FUSED", "1")
     steps = _steps(torch.Generator().manual_seed(3))
     results = {}
     for flag in ("0", "1"):
-        monkeypatch.setenv("EMU35_DECODE_FUSION", flag)
+        model.use_kernels(KernelChoice(elementwise="triton", decode_fusion=flag == "1"))
         before = dict(calls)
         results[flag] = _run(model, steps)
         used = {k: calls[k] - before[k] for k in calls}
@@ -118,8 +118,8 @@ def test_fused_decode_is_bit_identical_on_cuda(tmp_path, monkeypatch, graphs):
     path = _checkpoint(tmp_path, **{**MID, "intermediate_size": 3072})
     traces = {}
     for flag in ("0", "1"):
-        monkeypatch.setenv("EMU35_DECODE_FUSION", flag)
-        traces[flag] = _trace(path, "cuda", "triton", graphs=graphs)
+        traces[flag] = _trace(path, "cuda", "triton", graphs=graphs,
+                              kernels=KernelChoice(decode_fusion=flag == "1"))
     (ref_logits, ref_tokens), (logits, tokens) = traces["0"], traces["1"]
     assert len(logits) == len(ref_logits) > 40
     assert all(torch.equal(a, b) for a, b in zip(ref_logits, logits))

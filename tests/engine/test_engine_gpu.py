@@ -29,11 +29,12 @@ def _checkpoint(path, **dims):
     return path
 
 
-def _trace(path, device, attention, forced=None, graphs=True):
+def _trace(path, device, attention, forced=None, graphs=True, kernels=None):
     """Run 3 concurrent requests; record each step's logits (and force tokens if given)."""
     model, tok = load_checkpoint(path, device=device)
+    extra = {} if kernels is None else {"kernels": kernels}
     eng = Engine(model, tok, EngineConfig(SchedulerConfig(num_blocks=512, block_size=16), attention,
-                                          cuda_graphs=graphs))
+                                          cuda_graphs=graphs, **extra))
     for i, (task, size) in enumerate([("t2i", "3*4"), ("story", None), ("x2i", "2*5")]):
         p = prepare_prompt(tok, task, f"request {i}: a small red boat", size=size)
         eng.add_request(default_request(f"r{i}", task, p.cond, p.uncond, output_grid=p.output_grid,

@@ -239,11 +239,15 @@ def test_decode_fusion_switch(monkeypatch):
     from kernels.fused_norm import REFERENCE_OPS, ElementwiseOps
     from kernels.registry import decode_fusion
 
+    from kernels.registry import KernelChoice
+
     fused = ElementwiseOps("triton", *[None] * 5)
-    monkeypatch.delenv("EMU35_DECODE_FUSION", raising=False)
     assert decode_fusion(fused) and not decode_fusion(REFERENCE_OPS)
+    assert not decode_fusion(fused, enabled=False)
+    monkeypatch.delenv("EMU35_DECODE_FUSION", raising=False)
+    assert KernelChoice.from_env().decode_fusion
     monkeypatch.setenv("EMU35_DECODE_FUSION", "0")
-    assert not decode_fusion(fused)
+    assert not KernelChoice.from_env().decode_fusion
     monkeypatch.setenv("EMU35_DECODE_FUSION", "yes")
-    with pytest.raises(ValueError):
-        decode_fusion(fused)
+    with pytest.raises(ValueError, match="EMU35_DECODE_FUSION"):
+        KernelChoice.from_env()

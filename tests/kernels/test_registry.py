@@ -1,4 +1,5 @@
-"""The kernel registry: defaults per device, env overrides, lazy imports."""
+"""The kernel registry: defaults per device, env overrides read once (KernelChoice.from_env),
+lazy imports."""
 from __future__ import annotations
 
 import os
@@ -32,13 +33,14 @@ def test_cuda_prefers_flash_then_triton(monkeypatch):
     assert attention_impl("cuda:0") is pa.paged_attention_triton
 
 
-def test_env_overrides_and_prefer_overrides_env(monkeypatch):
+def test_env_overrides_through_the_choice(monkeypatch):
     monkeypatch.setenv("EMU35_ATTENTION", "triton")
-    assert attention_impl("cpu") is pa.paged_attention_triton
-    assert attention_impl("cpu", prefer="reference") is pa.paged_attention_reference
+    choice = registry.KernelChoice.from_env()
+    assert attention_impl("cpu", prefer=choice.attention) is pa.paged_attention_triton
+    assert attention_impl("cpu") is pa.paged_attention_reference  # no env read per call
     monkeypatch.setenv("EMU35_ATTENTION", "cudnn")
     with pytest.raises(ValueError, match="cudnn"):
-        attention_impl("cpu")
+        registry.KernelChoice.from_env()
 
 
 def test_sampling_triton_on_cuda_reference_elsewhere(monkeypatch):
@@ -46,11 +48,12 @@ def test_sampling_triton_on_cuda_reference_elsewhere(monkeypatch):
     assert guided_scores_impl("cpu") is sampling.guided_scores_reference
     assert guided_scores_impl("cuda:0") is sampling.guided_scores_triton
     monkeypatch.setenv("EMU35_SAMPLING", "reference")
-    assert guided_scores_impl("cuda") is sampling.guided_scores_reference
+    choice = registry.KernelChoice.from_env()
+    assert guided_scores_impl("cuda", choice.sampling) is sampling.guided_scores_reference
     assert guided_scores_impl("cpu", prefer="triton") is sampling.guided_scores_triton
     monkeypatch.setenv("EMU35_SAMPLING", "flash")
     with pytest.raises(ValueError, match="sampling implementation 'flash'"):
-        guided_scores_impl("cpu")
+        registry.KernelChoice.from_env()
 
 
 def test_cpu_use_does_not_import_triton():
@@ -81,13 +84,14 @@ def test_elementwise_fused_on_cuda_with_triton(monkeypatch):
 def test_elementwise_env_and_prefer(monkeypatch):
     monkeypatch.setattr(registry, "triton_installed", lambda: True)
     monkeypatch.setenv("EMU35_FUSED", "0")
-    assert elementwise_ops("cuda") is fused_norm.REFERENCE_OPS
+    assert elementwise_ops("cuda", registry.KernelChoice.from_env().elementwise) \
+        is fused_norm.REFERENCE_OPS
     monkeypatch.setenv("EMU35_FUSED", "1")
-    assert elementwise_ops_name("cpu") == "triton"
+    assert elementwise_ops_name("cpu", registry.KernelChoice.from_env().elementwise) == "triton"
     assert elementwise_ops_name("cpu", prefer="reference") == "reference"
     monkeypatch.setenv("EMU35_FUSED", "yes")
     with pytest.raises(ValueError, match="EMU35_FUSED"):
-        elementwise_ops_name("cpu")
+        registry.KernelChoice.from_env()
     with pytest.raises(ValueError, match="cudnn"):
         elementwise_ops_name("cpu", prefer="cudnn")
 
@@ -100,8 +104,8 @@ def test_draw_triton_on_cuda_torch_elsewhere(monkeypatch):
     monkeypatch.setattr(registry, "triton_installed", lambda: False)
     assert registry.draw_impl_name("cuda") == "torch"
     monkeypatch.setenv("EMU35_DRAW", "triton")
-    assert registry.draw_impl_name("cpu") == "triton"
+    assert registry.draw_impl_name("cpu", registry.KernelChoice.from_env().draw) == "triton"
     assert registry.draw_impl_name("cpu", prefer="torch") == "torch"
     monkeypatch.setenv("EMU35_DRAW", "sorted")
     with pytest.raises(ValueError, match="sorted"):
-        registry.draw_impl_name("cpu")
+        registry.KernelChoice.from_env()

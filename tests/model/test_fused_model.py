@@ -1,5 +1,5 @@
 """The whole model on the fused elementwise kernels against the same weights on the torch
-reference ops (EMU35_FUSED=1 vs 0): on the CPU under TRITON_INTERPRET=1, on CUDA (-m gpu)
+reference ops (KernelChoice.elementwise triton vs reference): on the CPU under TRITON_INTERPRET=1, on CUDA (-m gpu)
 compiled, at a tiny and a mid-sized config.
 
 Where a fused norm rounds one element differently (its fp32 sum of squares is added up in
@@ -22,6 +22,7 @@ if not torch.cuda.is_available():  # must be set before triton.jit decorates the
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from kernels.fused_norm import REFERENCE_OPS, triton_ops  # noqa: E402
+from kernels.registry import KernelChoice  # noqa: E402
 from services.model.attention import PackedCausal  # noqa: E402
 from services.model.config import Emu35Config  # noqa: E402
 from services.model.loader import load_model  # noqa: E402
@@ -53,8 +54,8 @@ def _sequences(device):
 def _both_ways(model, monkeypatch) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Logits of the same packed batch on the reference ops, then on the fused kernels."""
     out = []
-    for flag in ("0", "1"):
-        monkeypatch.setenv("EMU35_FUSED", flag)
+    for name in ("reference", "triton"):
+        model.use_kernels(KernelChoice(elementwise=name))
         out.append([x.cpu() for x in model.logits(_sequences(model.device))])
     return out[0], out[1]
 

@@ -69,16 +69,18 @@ class GeneratorEvent(_message.Message):
     def __init__(self, text: _Optional[_Union[_api_pb2.TextDelta, _Mapping]] = ..., image_started: _Optional[_Union[_api_pb2.ImageStarted, _Mapping]] = ..., image_progress: _Optional[_Union[_api_pb2.ImageProgress, _Mapping]] = ..., image_tokens: _Optional[_Union[_common_pb2.CodeGrid, _Mapping]] = ..., finished: _Optional[_Union[GeneratorFinished, _Mapping]] = ..., image_index: _Optional[int] = ...) -> None: ...
 
 class GeneratorFinished(_message.Message):
-    __slots__ = ("reason", "usage", "token_ids", "incomplete_image")
+    __slots__ = ("reason", "usage", "token_ids", "incomplete_image", "error")
     REASON_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     INCOMPLETE_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
     reason: _common_pb2.FinishReason
     usage: _common_pb2.Usage
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     incomplete_image: bool
-    def __init__(self, reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., token_ids: _Optional[_Iterable[int]] = ..., incomplete_image: _Optional[bool] = ...) -> None: ...
+    error: str
+    def __init__(self, reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., token_ids: _Optional[_Iterable[int]] = ..., incomplete_image: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
 
 class DecodeRequest(_message.Message):
     __slots__ = ("request_id", "tenant", "index", "grid")
