@@ -129,16 +129,18 @@ def deploy_failure(exc: Exception) -> str:
     apps: dict = {}
     if ray.is_initialized():  # (serve.status would start a Ray to connect to)
         _within(lambda: apps.update(serve.status().applications), 10.0)  # Ray may be going
-    failed = []
+    failed = []  # (stage or application, message) of each part that failed to deploy
     for app, status in apps.items():
         if str(status.status).endswith("DEPLOY_FAILED"):
-            texts = [d.message for d in status.deployments.values() if d.message]
-            failed.append((app, texts + [status.message]))
+            failed += [(f"{name} stage", d.message) for name, d in status.deployments.items()
+                       if d.message and not str(d.status).endswith("HEALTHY")]
+            failed.append((app, status.message))
+    failed = [(who, text) for who, text in failed if text]
     if not failed:
         return _last_exception_line(str(exc)) or type(exc).__name__
-    app, texts = failed[0]
-    cause = next((line for line in map(_last_exception_line, texts) if line), "")
-    return f"{app} failed to start: {cause or ' '.join(texts[-1].split())[:300]}"
+    who, text = next(((w, t) for w, t in failed if _last_exception_line(t)), failed[0])
+    cause = _last_exception_line(text)
+    return f"{who} failed to start: {cause or ' '.join(text.split())[:300]}"
 
 
 def _last_exception_line(text: str) -> str:

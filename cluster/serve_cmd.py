@@ -136,7 +136,6 @@ def serve_config(s):
 
     from services.stages.settings import StageSettings, check_tensor_parallel
 
-    from .placement import StageScaling
     from .preflight import PreflightError, check_checkpoint, check_device
     from .serve import ServeConfig
 
@@ -158,15 +157,20 @@ def serve_config(s):
         storage = storage.model_copy(update={"root": Path(storage.root).resolve()})
     stages = StageSettings.from_settings(s, model=str(model), vision_tokenizer=str(vq),
                                          storage=storage)
-    scaling = {}
-    for name, sc in s.stages:
-        scaling[name] = StageScaling(
-            min_replicas=sc.min_replicas, max_replicas=sc.max_replicas or sc.min_replicas,
-            target_ongoing_requests=sc.target_ongoing_requests,
-            max_ongoing_requests=sc.max_ongoing_requests, num_cpus=sc.num_cpus,
-            num_gpus=sc.num_gpus)
     return ServeConfig(stages=stages, host=server.host, grpc_port=server.grpc_port,
-                       http_port=server.http_port, scaling=scaling, ray=s.ray)
+                       http_port=server.http_port, scaling=stage_scaling(s.stages), ray=s.ray)
+
+
+def stage_scaling(stages) -> dict:
+    """Each stage's replicas and resources (placement.StageScaling) from the settings'
+    ``stages`` section."""
+    from .placement import StageScaling
+
+    return {name: StageScaling(
+        min_replicas=sc.min_replicas, max_replicas=sc.max_replicas or sc.min_replicas,
+        target_ongoing_requests=sc.target_ongoing_requests,
+        max_ongoing_requests=sc.max_ongoing_requests, num_cpus=sc.num_cpus,
+        num_gpus=sc.num_gpus) for name, sc in stages}
 
 
 def _checkpoint_dirs(m):

@@ -260,7 +260,9 @@ def _kill(stage: str) -> None:
 
 
 def _signal(stage: str, sig) -> None:
-    pids = _pids(f"ServeReplica:emu35-gateway:{stage}")
+    deadline = time.monotonic() + 120  # a replica killed by an earlier test may be restarting
+    while not (pids := _pids(f"ServeReplica:emu35-gateway:{stage}")) and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert pids, f"no {stage} replica process"
     for pid in pids:
         os.kill(pid, sig)

@@ -4,6 +4,7 @@ a Ctrl-C that stops everything within STOP_S (a second one at once), every time.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -176,8 +177,8 @@ def test_a_failing_replica_ends_serve_with_its_cause_in_one_line(tiny, tmp_path)
     proc, _, _, log = _start(ckpt, tmp_path, "broken")
     assert proc.wait(timeout=240) == 1
     out = log.read_text()
-    assert out.startswith("emu35: error: emu35-encoder failed to start: IBQCheckpointError: "
-                          "model.ckpt: not a readable torch checkpoint"), out
+    assert re.match(r"emu35: error: (encoder|decoder) stage failed to start: IBQCheckpointError: "
+                    "model.ckpt: not a readable torch checkpoint", out), out
     assert out.count("\n") == 1 and "Traceback" not in out and "\x1b[" not in out, out
 
 
@@ -204,12 +205,13 @@ def test_a_second_serve_on_the_same_ports_fails_while_the_first_serves(tiny, tmp
     assert not alive(kids)
 
 
-# How each start ends: Ctrl-C while serving, while the applications deploy, and twice.
-WHEN = ["serving", "starting", "serving-twice", "serving", "serving"]
+# How each start ends: Ctrl-C while serving, while the applications deploy, and twice. (Every
+# other cluster fixture of the suite ends with a Ctrl-C too, and fails if it does not stop.)
+WHEN = ["serving", "starting", "serving-twice"]
 
 
 @pytest.mark.slow
-def test_start_and_ctrl_c_five_times(tiny, tmp_path):
+def test_start_and_ctrl_c_each_way(tiny, tmp_path):
     """Each stop is bounded, and the Ray processes the command started are gone after it."""
     for i, when in enumerate(WHEN):
         proc, port, _, log = _start(tiny, tmp_path, f"run{i}")

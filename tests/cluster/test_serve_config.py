@@ -59,7 +59,7 @@ def _serve_log_replicas(root) -> dict:
 def test_config_file_serves_through_s3_with_two_generator_replicas(cfg_cluster, tmp_path):
     client = cfg_cluster["client"]
     states = _serve_log_replicas(cfg_cluster["root"])  # Serve's own status at startup
-    assert states["emu35-generator"]["generator"] == {"RUNNING": 2}, states
+    assert states["emu35-gateway"]["generator"] == {"RUNNING": 2}, states
     assert states["emu35-gateway"]["gateway"] == {"RUNNING": 1}, states
     health = client.health()
     assert health.ready and health.load.replicas == 2  # both engines report their load

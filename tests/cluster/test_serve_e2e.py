@@ -169,6 +169,54 @@ def test_x2i_with_a_reference_image(cluster):
     assert len(story.reference_images) == 1 and story.reference_images[0].image.width == 64
 
 
+SIX_TASKS = ["t2i", "x2i", "howto", "story", "explore", "vla"]
+
+
+def _defaults_request(task: str) -> dict:
+    """Only the prompt (and x2i's 128x96 reference image): every other field the server's."""
+    buf = io.BytesIO()
+    Image.new("RGB", (128, 96), "orange").save(buf, format="PNG")
+    return dict(task=task, prompt="a red fox in the snow",
+                images=[buf.getvalue()] if task == "x2i" else [])
+
+
+@pytest.mark.parametrize("task", SIX_TASKS)
+def test_every_task_is_served_on_its_defaults(cluster, task):
+    """Issue 10: each task with nothing but its prompt passes every check and generates (its
+    first events arrive); cancelled there, since a whole default budget takes thousands of
+    steps on a CPU (the whole run: the `long` test below)."""
+    stream = cluster["client"].generate(**_defaults_request(task), timeout=120)
+    with stream:
+        first = [e for _, e in zip(range(3), stream)]
+    assert len(first) == 3 and not isinstance(first[-1], Finished), first
+    assert wait_idle(cluster["client"], 60), "the cancelled request kept the generator busy"
+
+
+@pytest.mark.long
+def test_all_six_tasks_run_on_their_defaults(cluster):
+    """Each task run to the end on its defaults, one after another (minutes each on a CPU)."""
+    for task in SIX_TASKS:
+        events = list(cluster["client"].generate(**_defaults_request(task), timeout=3600))
+        fin = events[-1]
+        assert isinstance(fin, Finished), (task, events[-1:])
+        assert fin.reason in ("stop", "length") and fin.usage.generated_tokens > 0, (task, fin)
+        manifest = json.loads(Path(fin.manifest.uri[7:]).read_text())
+        assert (manifest["state"], manifest["task"]) == ("complete", task)
+        if task in ("t2i", "x2i"):  # the image tasks' defaults leave room for their image
+            assert any(isinstance(e, ImageReady) for e in events), task
+
+
+def wait_idle(client, bound_s: float) -> bool:
+    """The generator holds no KV and runs nothing within ``bound_s`` seconds."""
+    deadline = time.monotonic() + bound_s
+    while time.monotonic() < deadline:
+        load = client.health().load
+        if load is not None and (load.running, load.waiting, load.kv_blocks_used) == (0, 0, 0):
+            return True
+        time.sleep(0.2)
+    return False
+
+
 @pytest.mark.parametrize("kw, field", [
     (dict(task="t2i", prompt=""), "prompt"),
     (dict(task="x2i", prompt="edit"), "images"),
