@@ -1,8 +1,9 @@
 """Suite-wide settings for running on several cores (pytest-xdist, ``-n auto --dist loadgroup``
 in the README's test command).
 
-- Every test of tests/cluster runs in one worker, in file order (``xdist_group("cluster")``):
-  those tests start Ray and ``emu35 serve`` on fixed ports, one cluster at a time.
+- The test modules that start Ray or ``emu35 serve`` carry ``xdist_group("ray")`` (a module
+  ``pytestmark``: a mark added by a hook here comes too late for xdist), so they run in one
+  worker, one cluster at a time, each module's cluster set up once.
 - ``-n auto`` means one worker per core, at most MAX_WORKERS (each holds torch and its own
   Triton interpreter state; more workers than that mostly add memory).
 - A worker gives torch its share of the cores instead of one thread per core each.
@@ -15,7 +16,6 @@ from pathlib import Path
 import pytest
 
 MAX_WORKERS = 4
-CLUSTER = Path(__file__).resolve().parent / "cluster"
 
 
 @pytest.hookimpl(optionalhook=True)  # an xdist hook: without xdist the suite runs in one process
@@ -29,9 +29,3 @@ def pytest_configure(config) -> None:
         import torch
 
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
-
-
-def pytest_collection_modifyitems(config, items) -> None:
-    for item in items:
-        if CLUSTER in Path(str(item.path)).parents:
-            item.add_marker(pytest.mark.xdist_group("cluster"))

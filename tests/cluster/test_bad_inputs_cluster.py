@@ -20,7 +20,7 @@ from emu35_proto.v1 import api_pb2
 from tests.rpc.bad_inputs import CASES, Case
 
 pytest.importorskip("ray")
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # one Ray cluster at a time
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = (("application", "emu35-gateway"),)  # Serve's proxy routes the public API by this key

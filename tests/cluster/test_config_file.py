@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+pytestmark = pytest.mark.xdist_group("ray")  # its slow tests start Ray: one cluster at a time
+
 from cluster.cli import build_parser, main
 from cluster.placement import StageScaling, deployment_options
 from cluster.serve_cmd import config_from_args

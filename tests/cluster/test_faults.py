@@ -22,7 +22,7 @@ from emu35_proto.v1 import api_pb2, common_pb2, stages_pb2  # noqa: E402
 
 from .test_serve_e2e import running_cluster  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # one Ray cluster at a time
 
 LONG = dict(task="t2i", prompt="a long picture", size=(48, 48), max_new_tokens=2600)
 LEAK_RE = re.compile(r"Traceback|File \"|pid=|\bpid\b|actor_id|ActorID|[0-9a-f]{32}|/work/|\.py\b",

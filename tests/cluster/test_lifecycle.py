@@ -19,6 +19,8 @@ from cluster.cli import main
 from cluster.lifecycle import STOP_S, _last_exception_line, alive, descendants
 from services.model.tiny import write_tiny_checkpoint
 
+pytestmark = pytest.mark.xdist_group("ray")  # its slow tests start Ray: one cluster at a time
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "clients"))
 from emu35_client import Client  # noqa: E402

@@ -13,7 +13,7 @@ from ray import serve  # noqa: E402
 from cluster import netbind  # noqa: E402
 from cluster.placement import StageScaling, deployment_options  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # one Ray cluster at a time
 
 
 @serve.deployment

@@ -17,7 +17,7 @@ from .test_serve_s3 import _story_prone_checkpoint  # images start within a few 
 
 from emu35_client import Finished, ImageProgress, ImageReady, ResourceExhausted, download  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # one Ray cluster at a time
 
 QUEUE = 1  # waiting requests per generator replica; one guided request runs at a time
 

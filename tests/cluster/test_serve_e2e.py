@@ -25,7 +25,7 @@ from emu35_client import (Client, Finished, ImageProgress, ImageReady, InvalidAr
                           download)
 from emu35_proto.story import interleave_story_pb2 as story_pb  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # one Ray cluster at a time
 
 
 def _free_port() -> int:

@@ -19,7 +19,7 @@ from .test_serve_e2e import running_cluster  # also puts clients/ on sys.path
 
 from emu35_client import ImageReady, TextDelta, download  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # one Ray cluster at a time
 
 
 def _story_prone_checkpoint(root):
