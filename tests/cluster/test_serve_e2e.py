@@ -202,7 +202,7 @@ def test_all_six_tasks_run_on_their_defaults(cluster):
         assert fin.reason in ("stop", "length") and fin.usage.generated_tokens > 0, (task, fin)
         manifest = json.loads(Path(fin.manifest.uri[7:]).read_text())
         assert (manifest["state"], manifest["task"]) == ("complete", task)
-        if task in ("t2i", "x2i"):  # the image tasks' defaults leave room for their image
+        if task == "t2i":  # its prompt opens the image (x2i's model may answer in text first)
             assert any(isinstance(e, ImageReady) for e in events), task
 
 
