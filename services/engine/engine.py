@@ -28,8 +28,8 @@ from services.model.transformer import Emu35ForCausalLM
 from .admission import Admission
 from .config import EngineConfig, EngineDead
 from .detokenizer import IncrementalDetokenizer
-from .events import Event, Finished, ImageComplete, ImageProgress, ImageStarted, TextDelta, Usage
-from .grammar import GrammarState, Mode, StepKind, Transition, grid_from_prompt, refusal
+from .events import Event, ImageComplete, ImageProgress, ImageStarted, TextDelta
+from .grammar import GrammarState, StepKind, Transition, grid_from_prompt, refusal
 from .request import GenerationRequest, GuidanceMode, RequestError, StopRule
 from .memory import CPU_KV_BLOCKS, plan_kv_cache
 from .runner import ModelRunner, StepInput, build_step_input
@@ -37,7 +37,7 @@ from .rng import token_uniform
 from .sampler import GrammarMasks, RowSampling, SamplingBatch, draw
 from .scheduler import Scheduler, StepPlan
 from .sequence import GuidanceGroup, Role, Sequence, Status
-from .step_state import InFlight, Live, Settled
+from .step_state import InFlight, Live, Settled, finish_events
 
 __all__ = ["Engine", "EngineConfig", "EngineDead"]
 
@@ -94,7 +94,7 @@ class Engine:
         if group is None:
             return False
         live = self.live[request_id]
-        self.pending_events += self._finished(group, live, "aborted",
+        self.pending_events += finish_events(group, live, "aborted",
                                               self._release(group, time.monotonic()))
         return True
 
@@ -154,7 +154,7 @@ class Engine:
         now, events = time.monotonic(), []
         for group in [g for g in self.groups.values() if g.status is Status.RUNNING]:
             live = self.live[group.request_id]
-            events += self._finished(group, live, "error", self._release(group, now), message)
+            events += finish_events(group, live, "error", self._release(group, now), message)
         self.scheduler.pool.forget_cached()
         return events
 
@@ -198,7 +198,7 @@ class Engine:
         group = self.scheduler.waiting[0]
         live = self.live[group.request_id]
         total_s = self._release(group, time.monotonic())
-        return self._finished(group, live, "error", total_s,
+        return finish_events(group, live, "error", total_s,
                               "the KV cache cannot hold this request's prompt")
 
     def _needs_logits(self, group: GuidanceGroup, role: Role) -> bool:
@@ -362,13 +362,13 @@ class Engine:
                 log.exception("request %s: its events failed", d.group.request_id)
                 if d.group.status is Status.RUNNING:
                     d.total_s = self._release(d.group, time.monotonic())
-                events += self._finished(d.group, d.live, "error", d.total_s,
+                events += finish_events(d.group, d.live, "error", d.total_s,
                                          f"internal error ({type(e).__name__}: {e})")
 
     def _emit_one(self, d: Settled, events: list[Event]) -> None:
         rid, tr = d.group.request_id, d.tr
         if d.error is not None:  # the token was refused: nothing of it is shown
-            events += self._finished(d.group, d.live, "error", d.total_s, d.error)
+            events += finish_events(d.group, d.live, "error", d.total_s, d.error)
             return
         if not d.was_image and not tr.image_entered:
             out = d.live.detok.push(d.token)
@@ -381,7 +381,7 @@ class Engine:
         if tr.image_started or tr.row_done is not None:
             self._image_events(d, events)
         if d.reason:
-            events += self._finished(d.group, d.live, d.reason, d.total_s)
+            events += finish_events(d.group, d.live, d.reason, d.total_s)
 
     def _image_events(self, d: Settled, events: list[Event]) -> None:
         rid, tr, index = d.group.request_id, d.tr, d.image_index
@@ -393,24 +393,3 @@ class Engine:
             toks = d.group.cond.tokens
             boi = len(toks) - 1 - toks[::-1].index(self.tok.special.boi)
             events.append(ImageComplete(rid, index, parse_image_span(self.tok, toks[boi:])))
-
-    @staticmethod
-    def _finished(group: GuidanceGroup, live: Live, reason: str, total_s: float,
-                  error: str | None = None) -> list[Event]:
-        """The request's last events: text the detokenizer held back, then Finished
-        (``error``: with reason "error", what went wrong, for the caller)."""
-        out = live.detok.flush() if reason not in ("aborted", "error") else None
-        events: list[Event] = []
-        if out:
-            events.append(TextDelta(group.request_id, out[1], out[0]))
-        req = group.request
-        usage = Usage(
-            prompt_tokens=len(req.cond_ids), uncond_prompt_tokens=len(req.uncond_ids),
-            cached_prompt_tokens=group.cached_prompt_tokens, generated_tokens=len(group.output),
-            images=group.grammar.images_done, preemptions=group.num_preemptions,
-            queue_s=total_s if live.scheduled_at is None else live.scheduled_at - group.arrival,
-            first_token_s=None if group.first_token_at is None else group.first_token_at - group.arrival,
-            total_s=total_s)
-        events.append(Finished(group.request_id, reason, usage, tuple(group.output),
-                               incomplete_image=group.grammar.mode is not Mode.TEXT, error=error))
-        return events

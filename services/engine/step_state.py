@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .detokenizer import IncrementalDetokenizer
-from .grammar import Transition
+from .events import Event, Finished, TextDelta, Usage
+from .grammar import Mode, Transition
 from .sampler import PendingTokens
 from .sequence import GuidanceGroup
 
@@ -49,3 +50,24 @@ class Settled:
     reason: str | None = None  # set when this token ended the request
     total_s: float = 0.0
     error: str | None = None   # with reason "error": what went wrong (Finished.error)
+
+
+def finish_events(group: GuidanceGroup, live: Live, reason: str, total_s: float,
+                  error: str | None = None) -> list[Event]:
+    """The request's last events: text the detokenizer held back, then Finished
+    (``error``: with reason "error", what went wrong, for the caller)."""
+    out = live.detok.flush() if reason not in ("aborted", "error") else None
+    events: list[Event] = []
+    if out:
+        events.append(TextDelta(group.request_id, out[1], out[0]))
+    req = group.request
+    usage = Usage(
+        prompt_tokens=len(req.cond_ids), uncond_prompt_tokens=len(req.uncond_ids),
+        cached_prompt_tokens=group.cached_prompt_tokens, generated_tokens=len(group.output),
+        images=group.grammar.images_done, preemptions=group.num_preemptions,
+        queue_s=total_s if live.scheduled_at is None else live.scheduled_at - group.arrival,
+        first_token_s=None if group.first_token_at is None else group.first_token_at - group.arrival,
+        total_s=total_s)
+    events.append(Finished(group.request_id, reason, usage, tuple(group.output),
+                           incomplete_image=group.grammar.mode is not Mode.TEXT, error=error))
+    return events
